@@ -1,0 +1,40 @@
+"""Where data and caches live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def data_root() -> Path | None:
+    """The shared data location: ``$UNMEMORIZE_DATA`` when set, else ``../shared/data``
+    beside the repository (or beside the current directory) when it exists."""
+    env = os.environ.get("UNMEMORIZE_DATA")
+    if env:
+        return Path(env).expanduser()
+    for base in (_REPO_ROOT, Path.cwd()):
+        candidate = base.parent / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def data_path(relative: str) -> Path | None:
+    """A file under the data location, or None when there is no data location or no such file."""
+    root = data_root()
+    if root is None:
+        return None
+    path = root / relative
+    return path if path.exists() else None
+
+
+def cache_dir() -> Path:
+    """Per-user cache for dequantized models (``$UNMEMORIZE_CACHE`` overrides)."""
+    env = os.environ.get("UNMEMORIZE_CACHE")
+    path = Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("unmemorize"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
