@@ -1,0 +1,319 @@
+"""The `unmemorize` command: unlearn, audit, models."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Callable, Optional
+
+import click
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .errors import UserError
+from .paths import data_path
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Make a causal language model stop regurgitating memorized text, and measure it.",
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_FORGET = "extraction/forget_sets/lm_extraction_8_0.csv"
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[str]:
+    """--config file.yaml: its keys are the command's long option names; flags given on the
+    command line override them (they become click's defaults for this invocation)."""
+    if not value:
+        return value
+    path = Path(value)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise UserError(f"cannot read config {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config {path} must be a mapping of option names to values")
+    known = {p.name for p in ctx.command.params if p.name != "config"}
+    mapped = {}
+    for key, item in data.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in known:
+            raise UserError(f"unknown key {key!r} in {path}; keys are the long option names")
+        mapped[name] = item
+    ctx.default_map = {**(ctx.default_map or {}), **mapped}
+    return value
+
+
+ConfigOption = typer.Option(
+    None, "--config", help="YAML file of option values (keys: long option names); flags override it.",
+    callback=_load_config, is_eager=True,
+)
+
+
+class RichReporter:
+    """Progress bars and messages for a training run, on stderr."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.task = None
+
+    def message(self, text: str) -> None:
+        err.print(f"[dim]•[/dim] {text}")
+
+    def start_training(self, total_steps: int) -> None:
+        if self.progress is None:
+            self.progress = Progress(
+                TextColumn("[bold]unlearning"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tok/s"),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=err,
+            )
+            self.task = self.progress.add_task("steps", total=total_steps, loss="-", speed="-")
+        self.progress.start()
+
+    def step(self, record) -> None:
+        self.progress.update(self.task, completed=record.step, loss=f"{record.loss:.4f}",
+                             speed=f"{record.tokens_per_s:,.0f}")
+        if not err.is_terminal:  # logs get one line per step instead of a redrawn bar
+            err.print(f"step {record.step}/{self.progress.tasks[0].total} epoch {record.epoch} "
+                      f"loss {record.loss:.4f} lr {record.lr:.2e} {record.tokens_per_s:,.0f} tok/s")
+
+    def end_training(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def evaluation(self, label: str) -> Callable[[int, int], None]:
+        return _progress_callback(f"memorization ({label})")
+
+    def memorization(self, label: str, means: dict[str, float]) -> None:
+        shown = "  ".join(f"{k.upper().replace('_', '-')} {v:.3f}" for k, v in means.items())
+        err.print(f"[bold]memorization {label}:[/bold] {shown}")
+
+
+def _progress_callback(description: str) -> Callable[[int, int], None]:
+    """A callback(done, total) that draws a transient progress bar."""
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if not err.is_terminal:  # logs: a line at the start and at the end
+            if done == 0 or done >= total:
+                err.print(f"{description}: {done}/{total}")
+            return
+        if "progress" not in state:
+            progress = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
+            progress.start()
+            state["progress"], state["task"] = progress, progress.add_task(description, total=total)
+        state["progress"].update(state["task"], completed=done, total=total)
+        if done >= total:
+            state.pop("progress").stop()
+
+    return update
+
+
+def _default_forget(forget: Optional[str]) -> str:
+    if forget:
+        return forget
+    path = data_path(DEFAULT_FORGET)
+    if path is None:
+        raise UserError(
+            f"no --forget file given and the default {DEFAULT_FORGET} was not found "
+            "(set UNMEMORIZE_DATA to the shared data folder, or pass --forget FILE)"
+        )
+    return str(path)
+
+
+def _means_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> Table:
+    table = Table(title=title)
+    table.add_column("")
+    keys = list(rows[0][1])
+    for key in keys:
+        table.add_column(key.upper().replace("_", "-"), justify="right")
+    for label, means in rows:
+        table.add_row(label, *(f"{means[k]:.3f}" for k in keys))
+    return table
+
+
+@app.command(epilog="Example: unmemorize unlearn --model gemma-3-270m --forget secrets.jsonl "
+             "--method di --strength 10 --lora --lr 1e-3 --epochs 5 --out runs/forgot")
+def unlearn(
+    config: Optional[str] = ConfigOption,
+    model: str = typer.Option("gemma-3-270m", help="Registry name, local directory, .gguf file or hub id."),
+    forget: Optional[str] = typer.Option(None, help=f"Texts to forget (.jsonl/.csv/.txt/.npy, datasets dir, hf:NAME). Default: {DEFAULT_FORGET} under the data location."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output directory for the unlearned model, config and metrics."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out directory."),
+    method: str = typer.Option("di", help="Unlearning method."),
+    strength: float = typer.Option(3.0, help="Imagination strength γ: how far the memorized token's logit is lowered."),
+    focus: str = typer.Option("all", help="Tokens that get imagination: all, entities, nouns, spans, regex:PATTERN."),
+    focus_mode: str = typer.Option("hard", help="hard: train only on focus tokens; soft: weight them by --focus-weight."),
+    focus_weight: float = typer.Option(10.0, help="Weight of focus tokens in soft mode."),
+    lora: bool = typer.Option(True, "--lora/--no-lora", help="LoRA adapters (teacher = adapters off) or full fine-tuning (teacher = frozen copy)."),
+    lora_r: int = typer.Option(8, help="LoRA rank."),
+    lora_alpha: float = typer.Option(16.0, help="LoRA alpha."),
+    lora_dropout: float = typer.Option(0.05, help="LoRA dropout."),
+    lora_targets: Optional[list[str]] = typer.Option(None, help="Module names for LoRA (repeatable). Default: the attention projections."),
+    save_adapter: bool = typer.Option(False, help="Also save the LoRA adapter alone (OUT/adapter)."),
+    optimizer: str = typer.Option("adamw", help="adamw or sgd."),
+    lr: float = typer.Option(1e-4, help="Learning rate."),
+    epochs: int = typer.Option(1, help="Passes over the forget set."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+    batch_size: int = typer.Option(8, help="Sequences per micro-batch."),
+    grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
+    warmup_steps: int = typer.Option(0, help="Linear learning-rate warm-up steps."),
+    weight_decay: float = typer.Option(0.0, help="Weight decay."),
+    max_grad_norm: float = typer.Option(1.0, help="Gradient clipping norm (0 disables clipping)."),
+    seed: int = typer.Option(42, help="Random seed."),
+    max_length: int = typer.Option(200, help="Truncate sequences to this many tokens."),
+    split: str = typer.Option("lines", help="Plain text: one example per 'lines' or 'paragraphs'."),
+    text_column: str = typer.Option("text", help="Column holding the text (CSV, datasets)."),
+    npy_tokenizer: Optional[str] = typer.Option(None, help="Tokenizer that produced .npy token ids (default: GPT-2 under the data location)."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N examples."),
+    el_n: list[int] = typer.Option([10], help="n of the extraction likelihood EL_n (repeatable)."),
+    el_stride: int = typer.Option(10, help="Score EL on every k-th prefix (1 = exact; exact costs ~T²/2 generated tokens per sequence)."),
+    el_every_epoch: bool = typer.Option(False, help="Also score EL after every epoch (MA always is)."),
+    eval_batch_size: int = typer.Option(8, help="Sequences per teacher-forced pass when measuring memorization."),
+    el_batch_size: int = typer.Option(64, help="Prefixes decoded together when measuring EL."),
+    stop_ma: Optional[float] = typer.Option(None, help="Stop once MA is at or below this (with --stop-el)."),
+    stop_el: Optional[float] = typer.Option(None, help="Stop once EL (first --el-n) is at or below this."),
+    allow_pickle: bool = typer.Option(False, help="Allow loading pickle-based weights (.bin): runs code in the file."),
+    trust_remote_code: bool = typer.Option(False, help="Allow model code from the model's repository to run."),
+    cpu: bool = typer.Option(False, help="Run on the CPU even when a GPU is present."),
+) -> None:
+    """Unlearn a forget set and report memorization before, after each epoch, and after.
+
+    Deliberate imagination (--method di) distils the model into itself with the memorized
+    token's logit lowered by --strength."""
+    from .train import UnlearnConfig, unlearn as run_unlearn
+
+    cfg = UnlearnConfig(
+        forget=_default_forget(forget), model=model, out=str(out_dir) if out_dir else None,
+        overwrite=overwrite, method=method, imagination_strength=strength, focus=focus,
+        focus_mode=focus_mode, focus_weight=focus_weight, lora=lora, lora_r=lora_r,
+        lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets or None,
+        save_adapter=save_adapter, optimizer=optimizer, lr=lr, epochs=epochs, max_steps=max_steps,
+        batch_size=batch_size, grad_accum=grad_accum, warmup_steps=warmup_steps,
+        weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed, max_length=max_length,
+        split=split, text_column=text_column, npy_tokenizer=npy_tokenizer, limit=limit,
+        el_n=list(el_n), el_stride=el_stride, el_every_epoch=el_every_epoch,
+        eval_batch_size=eval_batch_size, el_batch_size=el_batch_size, stop_ma=stop_ma,
+        stop_el=stop_el, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, cpu=cpu,
+    )
+    metrics = run_unlearn(cfg, RichReporter())
+    rows = [("before", metrics["before"]["mean"])]
+    rows += [(f"epoch {h['epoch']}", {k: v for k, v in h.items() if k not in ("epoch", "step")}) for h in metrics["epochs"]]
+    out.print(_means_table(f"Memorization of the forget set ({len(metrics['before']['samples'])} sequences)", rows))
+    out.print(f"stopped: {metrics['stopped_because']}; wall time {metrics['wall_time_s']:.0f} s; "
+              f"peak memory {metrics['peak_memory_mb'] / 1024:.1f} GiB")
+    if cfg.out:
+        out.print(f"unlearned model written to {cfg.out}")
+
+
+@app.command(epilog="Example: unmemorize audit --model gemma-3-270m --data forget.csv --el-n 10 --json audit.json")
+def audit(
+    config: Optional[str] = ConfigOption,
+    model: str = typer.Option("gemma-3-270m", help="Registry name, local directory, .gguf file or hub id."),
+    data: str = typer.Option(..., help="Texts to measure (.jsonl/.csv/.txt/.npy, datasets dir, hf:NAME)."),
+    el_n: list[int] = typer.Option([10], help="n of EL_n (repeatable)."),
+    el_stride: int = typer.Option(1, help="Score EL on every k-th prefix (1 = exact)."),
+    max_length: int = typer.Option(200, help="Truncate sequences to this many tokens."),
+    batch_size: int = typer.Option(8, help="Sequences per teacher-forced pass."),
+    el_batch_size: int = typer.Option(64, help="Prefixes decoded together for EL."),
+    split: str = typer.Option("lines", help="Plain text: 'lines' or 'paragraphs'."),
+    text_column: str = typer.Option("text", help="Column holding the text."),
+    npy_tokenizer: Optional[str] = typer.Option(None, help="Tokenizer that produced .npy token ids."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N examples."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write per-sample and mean results here."),
+    allow_pickle: bool = typer.Option(False, help="Allow loading pickle-based weights (.bin)."),
+    trust_remote_code: bool = typer.Option(False, help="Allow model code from the model's repository to run."),
+) -> None:
+    """Measure memorization (MA, EL_n) of a model on a set of texts, per sample and on average."""
+    from .data import load_examples, tokenize_examples
+    from .metrics.memorization import memorization
+    from .models import load_model
+
+    if min(el_stride, batch_size, el_batch_size, *el_n) < 1:
+        raise UserError("--el-stride, --batch-size, --el-batch-size and --el-n must be at least 1")
+    examples = load_examples(data, split=split, text_column=text_column, npy_tokenizer=npy_tokenizer, limit=limit)
+    loaded = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                        progress=lambda m: err.print(f"[dim]•[/dim] {m}"))
+    tokenized = tokenize_examples(examples, loaded.tokenizer, max_length)
+    result = memorization(
+        loaded.model, [t.input_ids for t in tokenized], ns=tuple(el_n), el_stride=el_stride,
+        batch_size=batch_size, el_batch_size=el_batch_size, pad_token_id=loaded.tokenizer.pad_token_id,
+        progress=_progress_callback("memorization"),
+    )
+    table = Table(title=f"Memorization of {Path(data).name} under {model}")
+    table.add_column("id")
+    table.add_column("tokens", justify="right")
+    keys = list(result.means())
+    for key in keys:
+        table.add_column(key.upper().replace("_", "-"), justify="right")
+    for item, sample in zip(tokenized, result.per_sample()):
+        table.add_row(item.example.id, str(len(item.input_ids)), *(f"{sample[k]:.3f}" for k in keys))
+    table.add_section()
+    table.add_row("mean", f"{sum(len(t.input_ids) for t in tokenized) / len(tokenized):.0f}",
+                  *(f"{result.means()[k]:.3f}" for k in keys))
+    out.print(table)
+    if json_path:
+        payload = result.to_json()
+        payload.update(model=model, data=str(data), el_stride=el_stride, max_length=max_length,
+                       ids=[t.example.id for t in tokenized])
+        json_path.write_text(json.dumps(payload, indent=2))
+        out.print(f"written {json_path}")
+
+
+@app.command(epilog="Example: unmemorize models")
+def models() -> None:
+    """List the registry of named models, what is installed and what is cached."""
+    from .models import registry_status
+
+    table = Table(title="Model registry")
+    for column in ("name", "description", "installed", "cached", "get it with"):
+        table.add_column(column)
+    for entry in registry_status():
+        table.add_row(entry["name"], entry["description"], "yes" if entry["installed"] else "no",
+                      "yes" if entry["cached"] else "no", entry.get("install_hint", ""))
+    out.print(table)
+
+
+def _quiet_libraries() -> None:
+    # Our own progress replaces the per-call bars and notices of transformers.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
+    _quiet_libraries()
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        err.print("interrupted")
+        sys.exit(130)
+    except click.exceptions.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
