@@ -223,3 +223,17 @@ def test_output_directory_safety(tiny_models, forget_file, tmp_path):
         unlearn(UnlearnConfig(model=str(tiny_models["llama"]), forget=str(forget_file),
                               out=str(tiny_models["llama"]), overwrite=True))
     assert (busy / "keep.txt").read_text() == "x"
+
+
+def test_auto_thresholds_come_from_unseen_text(tiny_models, forget_file, tmp_path):
+    reference = tmp_path / "unseen.txt"
+    reference.write_text("Some other sentence about weather.\nA second unseen line of text here.\n")
+    metrics = unlearn(UnlearnConfig(
+        model=str(tiny_models["llama"]), forget=str(forget_file), max_steps=1, el_n=[2],
+        el_stride=3, stop_ma="auto", stop_el="auto", reference=str(reference),
+    ))
+    levels = metrics["reference_levels"]
+    assert levels["sequences"] == 2 and 0 <= levels["ma"] <= 1
+    assert metrics["thresholds"] == {"ma": levels["ma"], "el": levels["el_2"]}
+    with pytest.raises(UserError, match="number or 'auto'"):
+        unlearn(UnlearnConfig(model=str(tiny_models["llama"]), forget=str(forget_file), stop_ma="often"))

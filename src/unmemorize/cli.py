@@ -182,8 +182,10 @@ def unlearn(
     el_every_epoch: bool = typer.Option(False, help="Also score EL after every epoch (MA always is)."),
     eval_batch_size: int = typer.Option(8, help="Sequences per teacher-forced pass when measuring memorization."),
     el_batch_size: int = typer.Option(64, help="Prefixes decoded together when measuring EL."),
-    stop_ma: Optional[float] = typer.Option(None, help="Stop once MA is at or below this (with --stop-el)."),
-    stop_el: Optional[float] = typer.Option(None, help="Stop once EL (first --el-n) is at or below this."),
+    stop_ma: Optional[str] = typer.Option(None, help="Stop once MA is at or below this number, or 'auto': the model's MA on unseen text (--reference)."),
+    stop_el: Optional[str] = typer.Option(None, help="Stop once EL (first --el-n) is at or below this number, or 'auto'."),
+    reference: Optional[str] = typer.Option(None, help="Unseen text for 'auto' thresholds (default: reference/pile.csv under the data location)."),
+    reference_limit: int = typer.Option(32, help="Reference sequences used for 'auto' thresholds."),
     allow_pickle: bool = typer.Option(False, help="Allow loading pickle-based weights (.bin): runs code in the file."),
     trust_remote_code: bool = typer.Option(False, help="Allow model code from the model's repository to run."),
     cpu: bool = typer.Option(False, help="Run on the CPU even when a GPU is present."),
@@ -205,7 +207,7 @@ def unlearn(
         split=split, text_column=text_column, npy_tokenizer=npy_tokenizer, limit=limit,
         el_n=list(el_n), el_stride=el_stride, el_every_epoch=el_every_epoch,
         eval_batch_size=eval_batch_size, el_batch_size=el_batch_size, stop_ma=stop_ma,
-        stop_el=stop_el, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, cpu=cpu,
+        stop_el=stop_el, reference=reference, reference_limit=reference_limit, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, cpu=cpu,
     )
     metrics = run_unlearn(cfg, RichReporter())
     rows = [("before", metrics["before"]["mean"])]

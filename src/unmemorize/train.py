@@ -74,8 +74,12 @@ class UnlearnConfig:
     el_every_epoch: bool = False
     eval_batch_size: int = 8
     el_batch_size: int = 64
-    stop_ma: float | None = None
-    stop_el: float | None = None
+    # A number, or "auto": the model's own level on unseen text (--reference), Jang et al.'s
+    # "forgotten" threshold.
+    stop_ma: float | str | None = None
+    stop_el: float | str | None = None
+    reference: str | None = None  # default: reference/pile.csv under the data location
+    reference_limit: int = 32
     allow_pickle: bool = False
     trust_remote_code: bool = False
     cpu: bool = False
@@ -105,6 +109,19 @@ class UnlearnConfig:
             raise UserError(f"--optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
         if any(n < 1 for n in self.el_n):
             raise UserError(f"--el-n must be at least 1, not {self.el_n}")
+        for name in ("stop_ma", "stop_el"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                if value != "auto":
+                    try:
+                        value = float(value)
+                    except ValueError:
+                        raise UserError(f"--{name.replace('_', '-')} takes a number or 'auto', not {value!r}") from None
+                    setattr(self, name, value)
+            if isinstance(value, float) and not 0 <= value <= 1:
+                raise UserError(f"--{name.replace('_', '-')} must be in [0, 1], not {value}")
+        if self.reference_limit < 1:
+            raise UserError(f"--reference-limit must be at least 1, not {self.reference_limit}")
         if self.save_adapter and not self.lora:
             raise UserError("--save-adapter needs --lora (a full fine-tune has no adapter)")
         Focus.parse(self.focus)
@@ -227,20 +244,24 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
         f"(max {config.max_length} per sequence); training on {len(trainable)}"
     )
 
-    def evaluate(label: str, with_el: bool = True) -> MemorizationResult:
+    def evaluate(label: str, with_el: bool = True, on: list[list[int]] | None = None) -> MemorizationResult:
         result = None
         if accelerator.is_main_process:
             net = accelerator.unwrap_model(model)
             result = memorization(
-                net, sequences, ns=tuple(config.el_n), el_stride=config.el_stride,
+                net, on or sequences, ns=tuple(config.el_n), el_stride=config.el_stride,
                 batch_size=config.eval_batch_size, el_batch_size=config.el_batch_size,
                 pad_token_id=pad_id, compute_el=with_el, progress=reporter.evaluation(label),
             )
-            reporter.memorization(label, result.means())
+            if on is None:
+                reporter.memorization(label, result.means())
         # Every process needs the numbers for the stop rule; only one computes them.
         return broadcast_object_list([result])[0]
 
     before = evaluate("before")
+    reference_levels = _resolve_auto_thresholds(
+        config, tokenizer, reporter, lambda seqs, with_el: evaluate("unseen text", with_el, on=seqs)
+    )
 
     # --- student and teacher --------------------------------------------------------------
     teacher = None
@@ -369,6 +390,8 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
         "after": after.to_json(),
         "steps": [asdict(s) for s in steps],
         "stopped_because": stopped_because,
+        "reference_levels": reference_levels,
+        "thresholds": {"ma": config.stop_ma, "el": config.stop_el},
         "wall_time_s": round(time.time() - started, 2),
         "peak_memory_mb": round(_peak_memory_mb(), 1),
         "sequences_without_focus": [tokenized[i].example.id for i in without_focus],
@@ -378,6 +401,31 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
         _save(out_dir, accelerator.unwrap_model(model), tokenizer, config, metrics)
     accelerator.wait_for_everyone()
     return metrics
+
+
+def _resolve_auto_thresholds(config: UnlearnConfig, tokenizer, reporter: Reporter, evaluate_sequences) -> dict | None:
+    """Replace ``auto`` thresholds by the model's MA / EL on unseen reference text."""
+    wants = {name for name in ("stop_ma", "stop_el") if getattr(config, name) == "auto"}
+    if not wants:
+        return None
+    from .paths import data_path
+
+    reference = config.reference or data_path("reference/pile.csv")
+    if reference is None:
+        raise UserError("--stop-ma/--stop-el auto need unseen text: pass --reference FILE "
+                        "(or set UNMEMORIZE_DATA to the shared data folder)")
+    examples = load_examples(reference, limit=config.reference_limit)
+    sequences = [t.input_ids for t in tokenize_examples(examples, tokenizer, config.max_length)]
+    result = evaluate_sequences(sequences, "stop_el" in wants).means()
+    if "stop_ma" in wants:
+        config.stop_ma = result["ma"]
+    if "stop_el" in wants:
+        config.stop_el = result[f"el_{config.el_n[0]}"]
+    reporter.message(
+        f"unseen-text level ({len(sequences)} sequences of {Path(str(reference)).name}): "
+        + ", ".join(f"{k.upper()} {v:.3f}" for k, v in result.items())
+    )
+    return {"source": str(reference), "sequences": len(sequences), **result}
 
 
 def _below_thresholds(means: dict[str, float], config: UnlearnConfig) -> bool:

@@ -1,0 +1,685 @@
+"""Zero-shot NLU benchmarks scored the lm-evaluation-harness way, from local files.
+
+Every task is data plus a scoring rule (a registry like lm-evaluation-harness's task configs):
+
+* ``multiple_choice`` (PIQA, ARC, COPA, HellaSwag, BoolQ, MathQA, PubMedQA): the model scores
+  each choice as a continuation of one context; ``acc`` takes the choice with the highest summed
+  token log-probability, ``acc_norm`` the highest log-probability per character of the choice
+  (lm-eval's length normalisation, ``len(choice)`` without the delimiter space).
+* ``partial`` (WinoGrande): each option is a different context followed by the same
+  continuation; the option whose context makes the continuation most likely wins.
+* ``greedy`` (LAMBADA): ``acc`` is 1 when every target token is the model's argmax given the
+  preceding text (the greedy continuation equals the target), and ``perplexity`` is
+  ``exp(-mean over documents of log p(target))``, as lm-eval reports it.
+
+Headline metric per task (lm-eval convention), used for the paper's "NLU avg":
+acc_norm for piqa, arc_easy, arc_challenge, hellaswag; acc for copa, winogrande, boolq, mathqa,
+pubmedqa, lambada.
+
+Tokenisation: trailing whitespace of a context moves to the start of its continuation (as in
+lm-eval), then context and continuation are encoded separately and their ids concatenated, so
+the continuation's tokens are exactly its own text. The context gets whatever prefix the
+tokenizer adds (BOS for Gemma/Llama); a tokenizer that adds none (GPT-2/GPT-Neo) gets nothing,
+except that an empty context is replaced by the EOS token, as lm-eval does. lm-eval instead
+encodes context+continuation in one go and splits at the context's length; the two agree
+whenever no merge crosses the boundary, which the continuation's leading space ensures (on
+Gemma-3 they agreed on all of 2,900 PIQA/ARC/COPA/WinoGrande/LAMBADA pairs checked).
+"""
+
+from __future__ import annotations
+
+import bz2
+import json
+import math
+import random
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unmemorize.errors import UserError
+from unmemorize.paths import data_path
+
+ProgressCallback = Callable[[str, int, int], None]
+
+# Separates context from choice text unless one of them already brings whitespace (lm-eval's
+# ``target_delimiter``).
+TARGET_DELIMITER = " "
+# Seed of the fixed subset taken by ``limit``, so runs with the same limit see the same items.
+SUBSET_SEED = 1234
+
+MULTIPLE_CHOICE = "multiple_choice"
+PARTIAL = "partial"
+GREEDY = "greedy"
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One benchmark item.
+
+    Option ``i`` is ``contexts[i]`` (or the only context) followed by ``choices[i]`` (or the only
+    choice): multiple choice has one context and several choices, WinoGrande several contexts
+    and one choice, LAMBADA one of each. ``gold`` is the index of the correct option.
+    """
+
+    contexts: tuple[str, ...]
+    choices: tuple[str, ...]
+    gold: int = 0
+
+    @property
+    def n_options(self) -> int:
+        return max(len(self.contexts), len(self.choices))
+
+    def option(self, index: int) -> tuple[str, str]:
+        context = self.contexts[index if len(self.contexts) > 1 else 0]
+        choice = self.choices[index if len(self.choices) > 1 else 0]
+        return context, choice
+
+
+@dataclass(frozen=True)
+class NLUTask:
+    """A benchmark: where its file is, how to read it, how to score it."""
+
+    name: str
+    filename: str  # under the nlu/ data directory
+    load: Callable[[Path], list[Instance]]
+    scoring: str  # MULTIPLE_CHOICE | PARTIAL | GREEDY
+    headline: str  # "acc" or "acc_norm": the number that goes into the paper's average
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    """Log-likelihood of a continuation given its context."""
+
+    logprob: float  # sum of the continuation tokens' log-probabilities
+    is_greedy: bool  # every continuation token is the argmax at its position
+    n_tokens: int
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders. The jsonl files come from mosaicml/llm-foundry's local eval data; their prompts are
+# reshaped to lm-evaluation-harness's where the two differ.
+# --------------------------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{line_number}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{line_number}: expected a JSON object")
+            yield line_number, row
+
+
+def _field(row: dict[str, Any], key: str, path: Path, line_number: int) -> Any:
+    if key not in row:
+        raise UserError(f"{path}:{line_number}: missing field {key!r} (has {sorted(row)})")
+    return row[key]
+
+
+def _checked(instance: Instance, path: Path, where: int) -> Instance:
+    if instance.n_options < 1 or not 0 <= instance.gold < instance.n_options:
+        raise UserError(f"{path}:{where}: gold index {instance.gold} outside 0..{instance.n_options - 1}")
+    return instance
+
+
+def _query_choices_loader(make_context: Callable[[str], str]) -> Callable[[Path], list[Instance]]:
+    """Loader for llm-foundry's ``{query, choices, gold}`` rows; ``make_context`` turns the
+    file's query into the lm-eval prompt."""
+
+    def load(path: Path) -> list[Instance]:
+        instances = []
+        for line_number, row in _read_jsonl(path):
+            query = _field(row, "query", path, line_number)
+            choices = tuple(str(c) for c in _field(row, "choices", path, line_number))
+            gold = int(_field(row, "gold", path, line_number))
+            instances.append(_checked(Instance((make_context(query),), choices, gold), path, line_number))
+        return instances
+
+    return load
+
+
+def _piqa_context(query: str) -> str:
+    # File: "Question: {goal}\n"; lm-eval: "Question: {goal}\nAnswer:".
+    return query.removesuffix("\n") + "\nAnswer:"
+
+
+def _arc_context(query: str) -> str:
+    # File: "Question: {question}"; lm-eval: "Question: {question}\nAnswer:".
+    return query + "\nAnswer:"
+
+
+def _copa_context(query: str) -> str:
+    # The file already holds lm-eval's prompt: the premise without its full stop plus
+    # " because"/" therefore", with choices lower-cased at the start. Used as is.
+    return query
+
+
+def _boolq_context(query: str) -> str:
+    # File: "Passage: {passage}\nQuestion: {question}?"; lm-eval (super_glue boolq):
+    # "{passage}\nQuestion: {question}?\nAnswer:" with choices " no"/" yes" (the file's order).
+    return query.removeprefix("Passage: ") + "\nAnswer:"
+
+
+def _mathqa_context(query: str) -> str:
+    # llm-foundry's prompt is kept as is: the question, four lettered options and "Answer: ",
+    # scored over the letters. lm-eval's mathqa scores five option texts instead, which this
+    # four-option file cannot reproduce.
+    return query
+
+
+PUBMEDQA_CHOICES = ("yes", "no", "maybe")
+
+
+def _load_pubmedqa(path: Path) -> list[Instance]:
+    """PubMedQA (labelled): the file is ``{context, continuation}`` with the abstract, the
+    question, the options and "Answer: " already in the context (kept as is) and the answer
+    word as continuation; scored as a three-way choice over yes/no/maybe like lm-eval.
+    ``{query, choices, gold}`` rows are read too."""
+    instances = []
+    for line_number, row in _read_jsonl(path):
+        if "choices" in row:
+            choices = tuple(str(c) for c in row["choices"])
+            context = _field(row, "query", path, line_number)
+            gold = int(_field(row, "gold", path, line_number))
+        else:
+            context = _field(row, "context", path, line_number)
+            answer = str(_field(row, "continuation", path, line_number)).strip()
+            if answer not in PUBMEDQA_CHOICES:
+                raise UserError(f"{path}:{line_number}: answer {answer!r} is not one of {PUBMEDQA_CHOICES}")
+            choices, gold = PUBMEDQA_CHOICES, PUBMEDQA_CHOICES.index(answer)
+        instances.append(_checked(Instance((context,), choices, gold), path, line_number))
+    return instances
+
+
+def _load_winogrande(path: Path) -> list[Instance]:
+    # Already in lm-eval's partial-scoring form: the sentence up to the blank with each option
+    # filled in, and the rest of the sentence as the shared continuation.
+    instances = []
+    for line_number, row in _read_jsonl(path):
+        contexts = tuple(str(c) for c in _field(row, "context_options", path, line_number))
+        continuation = str(_field(row, "continuation", path, line_number))
+        gold = int(_field(row, "gold", path, line_number))
+        instances.append(_checked(Instance(contexts, (continuation,), gold), path, line_number))
+    return instances
+
+
+def _load_lambada(path: Path) -> list[Instance]:
+    # lm-eval's lambada_openai: the passage up to its last word, then " " + the last word.
+    instances = []
+    for line_number, row in _read_jsonl(path):
+        context = str(_field(row, "context", path, line_number))
+        target = str(_field(row, "continuation", path, line_number))
+        instances.append(Instance((context,), (target,), 0))
+    return instances
+
+
+def hellaswag_preprocess(text: str) -> str:
+    """lm-eval's HellaSwag clean-up: WikiHow "[title]" markers become sentence breaks, other
+    bracketed markup goes, double spaces collapse."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+HELLASWAG_LINES_PER_TASK = 6
+
+
+def _load_hellaswag(path: Path) -> list[Instance]:
+    """Six lines per item: ``activity_label: ctx``, the gold index, four endings.
+
+    The context line already joins lm-eval's ``ctx_a`` and ``ctx_b``, so lm-eval's
+    capitalisation of ``ctx_b`` cannot be redone; everything else follows lm-eval
+    (``preprocess(label + ": " + ctx)``, choices ``" " + preprocess(ending)``).
+    """
+    opener = bz2.open if path.suffix == ".bz2" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        # split("\n") rather than splitlines(): endings may hold other Unicode line separators.
+        lines = handle.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) % HELLASWAG_LINES_PER_TASK:
+        raise UserError(f"{path}: {len(lines)} lines, not a multiple of {HELLASWAG_LINES_PER_TASK}")
+    instances = []
+    for start in range(0, len(lines), HELLASWAG_LINES_PER_TASK):
+        context, gold_text, *endings = lines[start : start + HELLASWAG_LINES_PER_TASK]
+        try:
+            gold = int(gold_text)
+        except ValueError as exc:
+            raise UserError(f"{path}:{start + 2}: gold index {gold_text!r} is not an integer") from exc
+        instance = Instance(
+            (hellaswag_preprocess(context),), tuple(hellaswag_preprocess(e) for e in endings), gold
+        )
+        instances.append(_checked(instance, path, start + 2))
+    return instances
+
+
+NLU_TASKS: dict[str, NLUTask] = {
+    task.name: task
+    for task in (
+        NLUTask("piqa", "piqa.jsonl", _query_choices_loader(_piqa_context), MULTIPLE_CHOICE, "acc_norm",
+                "physical commonsense, 2 choices (1,838 validation items)"),
+        NLUTask("arc_easy", "arc_easy.jsonl", _query_choices_loader(_arc_context), MULTIPLE_CHOICE, "acc_norm",
+                "grade-school science, 4 choices (2,376 test items)"),
+        NLUTask("arc_challenge", "arc_challenge.jsonl", _query_choices_loader(_arc_context), MULTIPLE_CHOICE,
+                "acc_norm", "grade-school science, hard split, 4 choices (1,172 test items)"),
+        NLUTask("copa", "copa.jsonl", _query_choices_loader(_copa_context), MULTIPLE_CHOICE, "acc",
+                "cause and effect, 2 choices (100 validation items)"),
+        NLUTask("winogrande", "winogrande.jsonl", _load_winogrande, PARTIAL, "acc",
+                "pronoun resolution, partial scoring over 2 contexts (1,267 validation items)"),
+        NLUTask("hellaswag", "hellaswag_val_full.txt.bz2", _load_hellaswag, MULTIPLE_CHOICE, "acc_norm",
+                "sentence completion, 4 endings (10,042 validation items)"),
+        NLUTask("boolq", "boolq.jsonl", _query_choices_loader(_boolq_context), MULTIPLE_CHOICE, "acc",
+                "yes/no questions on a passage (3,270 validation items)"),
+        NLUTask("mathqa", "math_qa.jsonl", _query_choices_loader(_mathqa_context), MULTIPLE_CHOICE, "acc",
+                "math word problems, 4 lettered options (2,983 items)"),
+        NLUTask("pubmedqa", "pubmed_qa_labeled.jsonl", _load_pubmedqa, MULTIPLE_CHOICE, "acc",
+                "biomedical yes/no/maybe (1,000 labelled items)"),
+        NLUTask("lambada", "lambada_openai.jsonl", _load_lambada, GREEDY, "acc",
+                "last-word prediction, greedy exact match (5,153 test items)"),
+    )
+}
+
+# The paper's "NLU avg": the mean of these tasks' headline metrics.
+PAPER_NLU_AVG: tuple[str, ...] = ("piqa", "arc_challenge", "copa", "winogrande", "pubmedqa", "hellaswag")
+
+
+# --------------------------------------------------------------------------------------------
+# Task selection and data location
+# --------------------------------------------------------------------------------------------
+
+
+def check_task_names(tasks: Sequence[str] | str) -> list[str]:
+    """The task names in order without repeats; UserError for a name not in the registry."""
+    if isinstance(tasks, str):
+        tasks = [t for t in tasks.split(",") if t.strip()]
+    names = list(dict.fromkeys(t.strip() for t in tasks))
+    unknown = [t for t in names if t not in NLU_TASKS]
+    if unknown:
+        raise UserError(f"unknown NLU task {', '.join(map(repr, unknown))}; known: {', '.join(NLU_TASKS)}")
+    if not names:
+        raise UserError(f"no NLU task given; known: {', '.join(NLU_TASKS)}")
+    return names
+
+
+def resolve_nlu_dir(nlu_dir: Path | str | None, tasks: Sequence[str]) -> Path:
+    """The directory holding the task files; UserError naming what is missing."""
+    needed = [NLU_TASKS[t].filename for t in tasks]
+    directory = Path(nlu_dir).expanduser() if nlu_dir is not None else data_path("nlu")
+    if directory is None or not directory.is_dir():
+        where = f"{directory} is not a directory" if directory is not None else "no shared data directory found"
+        raise UserError(
+            f"NLU data not found ({where}): pass --nlu-dir DIR holding {', '.join(needed)} "
+            "(or set UNMEMORIZE_DATA to a folder with nlu/)"
+        )
+    missing = [name for name in needed if not (directory / name).is_file()]
+    if missing:
+        raise UserError(f"{directory} lacks {', '.join(missing)}: pass --nlu-dir DIR holding {', '.join(needed)}")
+    return directory
+
+
+def load_task(name: str, nlu_dir: Path | str | None = None, limit: int | None = None) -> list[Instance]:
+    """The instances of one task, or the fixed ``limit``-sized subset of them."""
+    (name,) = check_task_names([name])
+    directory = resolve_nlu_dir(nlu_dir, [name])
+    task = NLU_TASKS[name]
+    return select_subset(task.load(directory / task.filename), limit)
+
+
+def select_subset(instances: Sequence[Instance], limit: int | None) -> list[Instance]:
+    """All instances, or ``limit`` of them drawn with a fixed seed and kept in file order, so
+    that runs with the same limit are comparable."""
+    if limit is None or limit >= len(instances):
+        return list(instances)
+    if limit < 1:
+        raise UserError(f"--nlu-limit must be at least 1, got {limit}")
+    chosen = sorted(random.Random(SUBSET_SEED).sample(range(len(instances)), limit))
+    return [instances[i] for i in chosen]
+
+
+# --------------------------------------------------------------------------------------------
+# Log-likelihood scoring
+# --------------------------------------------------------------------------------------------
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """The ids the tokenizer puts before a text on its own (BOS for Gemma/Llama, none for GPT-2)."""
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    # Compare ends, not lengths: some tokenizers also append EOS, which a context must not get.
+    for start in range(len(with_special) - len(plain) + 1):
+        if with_special[start : start + len(plain)] == plain:
+            return list(with_special[:start])
+    return []
+
+
+def split_pair(context: str, continuation: str) -> tuple[str, str]:
+    """lm-eval's rule: trailing whitespace of the context belongs to the continuation, so the
+    context never ends in a lone space token."""
+    stripped = context.rstrip()
+    return stripped, context[len(stripped) :] + continuation
+
+
+def join_choice(context: str, choice: str) -> str:
+    """The continuation text for a choice: the delimiter unless whitespace is already there."""
+    if context[-1:].isspace() or choice[:1].isspace():
+        return choice
+    return TARGET_DELIMITER + choice
+
+
+def encode_pairs(
+    tokenizer, pairs: Sequence[tuple[str, str]]
+) -> list[tuple[list[int], list[int]]]:
+    """Token ids of each (context, continuation): context with the tokenizer's prefix, and the
+    continuation encoded on its own."""
+    prefix = special_prefix(tokenizer)
+    empty_context = prefix or [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id]
+    split = [split_pair(c, x) for c, x in pairs]
+    # Encode each distinct text once: multiple-choice items repeat their context per choice.
+    contexts = list(dict.fromkeys(c for c, _ in split))
+    continuations = list(dict.fromkeys(x for _, x in split))
+    context_ids = dict(zip(contexts, _encode(tokenizer, contexts)))
+    continuation_ids = dict(zip(continuations, _encode(tokenizer, continuations)))
+    encoded = []
+    for context, continuation in split:
+        ids = context_ids[context]
+        target = continuation_ids[continuation]
+        if not target:
+            raise ValueError(f"continuation {continuation!r} encodes to no tokens")
+        encoded.append((prefix + ids if ids else list(empty_context), list(target)))
+    return encoded
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def loglikelihoods(
+    model,
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[ContinuationScore]:
+    """Log p(continuation | context) for each pair, batched; the result is in input order and
+    does not depend on ``batch_size`` beyond float rounding.
+
+    ``progress(done, total)`` counts model input sequences, which can be fewer than pairs:
+    pairs whose model input is identical (same context and a one-token continuation, as in
+    BoolQ/MathQA/PubMedQA, or repeated pairs) share one sequence.
+    """
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    encoded = encode_pairs(tokenizer, pairs)
+    max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+    # Model input = context + continuation without its last token; its last len(continuation)
+    # positions predict the continuation. Identical inputs are run once.
+    sequences: dict[tuple[int, ...], list[tuple[int, int, list[int]]]] = {}
+    for index, (context_ids, continuation_ids) in enumerate(encoded):
+        whole = context_ids + continuation_ids
+        if max_length and len(whole) > max_length + 1:
+            if len(continuation_ids) > max_length:
+                raise UserError(f"a continuation of {len(continuation_ids)} tokens exceeds the model's {max_length}")
+            whole = whole[-(max_length + 1) :]  # drop the oldest context tokens, as lm-eval does
+        model_input = tuple(whole[:-1])
+        first_position = len(model_input) - len(continuation_ids)
+        sequences.setdefault(model_input, []).append((index, first_position, continuation_ids))
+
+    # Longest first: similar lengths share a batch (little padding) and an out-of-memory
+    # error shows up on the first batch rather than at the end.
+    ordered = sorted(sequences.items(), key=lambda item: -len(item[0]))
+    results: list[ContinuationScore | None] = [None] * len(encoded)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch_start in range(0, len(ordered), batch_size):
+                batch = ordered[batch_start : batch_start + batch_size]
+                _score_batch(model, batch, pad_id, device, results)
+                if progress is not None:
+                    progress(min(batch_start + batch_size, len(ordered)), len(ordered))
+    finally:
+        model.train(was_training)
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _score_batch(model, batch, pad_id: int, device: torch.device, results: list) -> None:
+    width = len(batch[0][0])
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    # Right padding: causal attention keeps real tokens from seeing the pads, and positions
+    # stay 0..n-1, so a sequence scores the same in any batch.
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    rows, cols, targets, owners = [], [], [], []
+    for row, (model_input, requests) in enumerate(batch):
+        input_ids[row, : len(model_input)] = torch.tensor(model_input, dtype=torch.long)
+        attention_mask[row, : len(model_input)] = 1
+        for index, first_position, continuation_ids in requests:
+            rows.extend([row] * len(continuation_ids))
+            cols.extend(range(first_position, first_position + len(continuation_ids)))
+            targets.extend(continuation_ids)
+            owners.extend([index] * len(continuation_ids))
+    rows_t = torch.tensor(rows, device=device)
+    cols_t = torch.tensor(cols, device=device)
+    logits = _selected_logits(model, input_ids.to(device), attention_mask.to(device), rows_t, cols_t)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # log-softmax over a 262k vocabulary needs more than 8 mantissa bits
+    targets_t = torch.tensor(targets, device=device)
+    token_logprobs = logits.gather(1, targets_t[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+    token_greedy = logits.argmax(dim=-1) == targets_t
+    token_logprobs, token_greedy = token_logprobs.tolist(), token_greedy.tolist()
+
+    sums: dict[int, float] = {}
+    greedy: dict[int, bool] = {}
+    counts: dict[int, int] = {}
+    for owner, logprob, is_greedy in zip(owners, token_logprobs, token_greedy):
+        sums[owner] = sums.get(owner, 0.0) + logprob
+        greedy[owner] = greedy.get(owner, True) and bool(is_greedy)
+        counts[owner] = counts.get(owner, 0) + 1
+    for owner in sums:
+        results[owner] = ContinuationScore(sums[owner], greedy[owner], counts[owner])
+
+
+def _selected_logits(model, input_ids, attention_mask, rows, cols) -> torch.Tensor:
+    """Logits at (rows[k], cols[k]) only, shape (len(rows), vocab).
+
+    A full (batch, length, vocab) logit tensor would take gigabytes with Gemma-3's 262k
+    vocabulary, so a pre-hook on the output layer hands it only the hidden states at the
+    wanted positions; whatever the model does after the output layer (e.g. logit soft-capping)
+    still applies.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:  # no separable output layer: take full logits and index them
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return logits[rows, cols]
+
+    def keep_wanted_positions(_module, args):
+        hidden = args[0]
+        return (hidden[rows, cols].unsqueeze(0), *args[1:])
+
+    handle = head.register_forward_pre_hook(keep_wanted_positions)
+    try:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    finally:
+        handle.remove()
+    return logits.reshape(-1, logits.shape[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def mean_stderr(values: Sequence[float]) -> float:
+    """Standard error of the mean with the sample (n-1) variance, as lm-eval reports it; for
+    0/1 values this is sqrt(p(1-p)/(n-1)). NaN for fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return math.nan
+    mean = sum(values) / n
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return math.sqrt(variance / n)
+
+
+def _argmax(values: Sequence[float]) -> int:
+    # First index on ties, like numpy.argmax in lm-eval.
+    return max(range(len(values)), key=lambda i: (values[i], -i))
+
+
+def choice_predictions(logprobs: Sequence[float], choice_lengths: Sequence[int]) -> tuple[int, int]:
+    """(acc prediction, acc_norm prediction): the highest log-likelihood, and the highest
+    log-likelihood per character of choice text."""
+    normalized = [lp / max(length, 1) for lp, length in zip(logprobs, choice_lengths)]
+    return _argmax(logprobs), _argmax(normalized)
+
+
+def _accuracy(correct: Sequence[float], key: str) -> dict[str, float]:
+    n = len(correct)
+    return {key: sum(correct) / n if n else math.nan, f"{key}_stderr": mean_stderr(correct)}
+
+
+def score_task(
+    model,
+    tokenizer,
+    task: NLUTask | str,
+    instances: Sequence[Instance],
+    *,
+    batch_size: int = 16,
+    progress: ProgressCallback | None = None,
+) -> dict[str, float]:
+    """Metrics of one task on the given instances: ``acc``, ``acc_stderr``, ``n``, plus
+    ``acc_norm``/``acc_norm_stderr`` for multiple choice and ``perplexity`` for LAMBADA."""
+    if isinstance(task, str):
+        task = NLU_TASKS[check_task_names([task])[0]]
+    pairs: list[tuple[str, str]] = []
+    lengths: list[int] = []
+    for instance in instances:
+        for option in range(instance.n_options):
+            context, choice = instance.option(option)
+            pairs.append((context, join_choice(context, choice)))
+            lengths.append(len(choice))
+    report = (lambda done, total: progress(task.name, done, total)) if progress else None
+    scores = loglikelihoods(model, tokenizer, pairs, batch_size=batch_size, progress=report)
+
+    correct, correct_norm, target_logprobs = [], [], []
+    offset = 0
+    for instance in instances:
+        options = scores[offset : offset + instance.n_options]
+        option_lengths = lengths[offset : offset + instance.n_options]
+        offset += instance.n_options
+        if task.scoring == GREEDY:
+            correct.append(float(options[instance.gold].is_greedy))
+            target_logprobs.append(options[instance.gold].logprob)
+            continue
+        prediction, prediction_norm = choice_predictions([s.logprob for s in options], option_lengths)
+        correct.append(float(prediction == instance.gold))
+        correct_norm.append(float(prediction_norm == instance.gold))
+
+    metrics: dict[str, float] = _accuracy(correct, "acc")
+    if task.scoring == MULTIPLE_CHOICE:
+        metrics.update(_accuracy(correct_norm, "acc_norm"))
+    if task.scoring == GREEDY:
+        mean_logprob = sum(target_logprobs) / len(target_logprobs) if target_logprobs else math.nan
+        metrics["perplexity"] = math.exp(-mean_logprob) if target_logprobs else math.nan
+    metrics["n"] = len(instances)
+    return metrics
+
+
+def paper_average(results: dict[str, dict[str, float]]) -> dict[str, Any] | None:
+    """Mean of the headline metrics of the PAPER_NLU_AVG tasks present in ``results``."""
+    present = [name for name in PAPER_NLU_AVG if name in results]
+    if not present:
+        return None
+    values = [results[name][NLU_TASKS[name].headline] for name in present]
+    return {"acc": sum(values) / len(values), "tasks": present}
+
+
+def evaluate_nlu(
+    model,
+    tokenizer,
+    tasks: Sequence[str] = PAPER_NLU_AVG,
+    *,
+    nlu_dir: Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    progress: ProgressCallback | None = None,
+) -> dict:
+    """Zero-shot accuracy of ``model`` on each task, plus the paper's NLU average.
+
+    Returns ``{task: {"acc", "acc_stderr", ["acc_norm", "acc_norm_stderr",] ["perplexity",]
+    "n"}, ..., "paper_avg": {"acc": mean headline metric, "tasks": [names averaged]}}``;
+    ``paper_avg`` is left out when none of PAPER_NLU_AVG was evaluated. The headline metric of
+    a task is ``NLU_TASKS[name].headline``. ``limit`` takes the same seeded subset of each
+    task every run. ``progress(task, done, total)`` counts model input sequences of a task.
+    """
+    names = check_task_names(tasks)
+    directory = resolve_nlu_dir(nlu_dir, names)
+    if limit is not None and limit < 1:
+        raise UserError(f"--nlu-limit must be at least 1, got {limit}")
+    results: dict[str, Any] = {}
+    for name in names:
+        task = NLU_TASKS[name]
+        instances = select_subset(task.load(directory / task.filename), limit)
+        results[name] = score_task(model, tokenizer, task, instances, batch_size=batch_size, progress=progress)
+    average = paper_average(results)
+    if average is not None:
+        results["paper_avg"] = average
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# Optional: the real lm-evaluation-harness
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate_lm_eval(
+    model,
+    tokenizer,
+    task_names: Sequence[str],
+    limit: int | float | None = None,
+    *,
+    batch_size: int = 16,
+) -> dict:
+    """Run lm-evaluation-harness tasks (its names, e.g. ``piqa``, ``arc_challenge``) on the
+    already-loaded model. Its datasets come from the Hugging Face hub, so this needs network
+    access or a warm datasets cache. Its ``limit`` takes the first N documents, not the seeded
+    subset of :func:`evaluate_nlu`.
+
+    Returns ``{task: {metric: value}}`` with lm-eval's ",none" filter suffix dropped.
+    """
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+    except ImportError as exc:
+        raise UserError("lm-evaluation-harness is not installed: pip install 'unmemorize[lm-eval]'") from exc
+    wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    output = lm_eval.simple_evaluate(model=wrapped, tasks=list(task_names), limit=limit)
+    results = {}
+    for task, metrics in (output or {}).get("results", {}).items():
+        results[task] = {
+            key.removesuffix(",none"): value for key, value in metrics.items() if key != "alias"
+        }
+    return results

@@ -1,0 +1,527 @@
+"""Privacy metrics: verbatim extraction, membership inference and the "forgotten" reference level.
+
+Inputs follow :mod:`unmemorize.metrics.memorization`: a sample is a list of token ids x of length
+T (already tokenized and truncated, BOS included when the tokenizer adds one); targets are the
+positions t = 1..T-1, token x_t predicted from the prefix x_<t.
+
+* :func:`extractable` — the extraction attack of Carlini et al. (2021) as scored by the
+  Training Data Extraction Challenge: greedy continuation of a fixed-length prefix compared with
+  the true suffix.
+* :func:`membership_scores`, :func:`auc`, :func:`mia_report` — loss-based membership inference
+  (Yeom et al. 2018), the zlib ratio of Carlini et al. (2021), Min-K% Prob (Shi et al. 2024) and
+  Min-K%++ (Zhang et al. 2024), scored by ROC AUC of forget-set vs unseen reference text.
+* :func:`paper_extraction_likelihood` — a sampled (top-p) EL_n estimate at coarse cut points.
+* :func:`reference_thresholds` — MA and EL_n on unseen text: the level at which Jang et al.
+  (2022) call a forget set forgotten.
+
+Decoding never stops at end-of-text: it is an ordinary token, as in memorization.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from unmemorize.errors import UserError
+from unmemorize.metrics.memorization import (
+    ProgressCallback,
+    _accepts_kwarg,
+    _check_ns,
+    _check_positive,
+    _check_sequences,
+    _evaluating,
+    _greedy_continuations,
+    _mean,
+    _model_device,
+    _returned_cache,
+    memorization,
+    ngram_overlap,
+)
+
+MIA_METRICS = ("loss", "zlib", "min_k", "min_k_plus_plus")
+
+# Positions reduced over the full vocabulary at once in membership_scores: 64 x 262k floats is
+# about 67 MB per temporary for Gemma-3, whatever the batch size or sequence length.
+_VOCAB_CHUNK_POSITIONS = 64
+# A standard deviation below this is treated as this, so a one-hot or uniform next-token
+# distribution gives a finite Min-K%++ term instead of 0/0.
+_MIN_SIGMA = 1e-12
+
+
+# --- extraction ---------------------------------------------------------------------------
+
+
+def extractable(
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    *,
+    prefix_tokens: int = 100,
+    suffix_tokens: int = 50,
+    batch_size: int = 32,
+    pad_token_id: int = 0,
+    progress: ProgressCallback | None = None,
+) -> dict:
+    """Greedy verbatim extraction of each sample's suffix from its prefix.
+
+    The prompt is x[:prefix_tokens]; the true suffix is s = x[prefix_tokens:prefix_tokens +
+    suffix_tokens] (shorter when the sample ends sooner: L = len(s) tokens, reported as
+    ``suffix_length``); g is the greedy continuation of the prompt, L tokens long. Per sample:
+
+    * ``exact``: g == s (every one of the L suffix tokens reproduced);
+    * ``longest_prefix_match``: the largest k with g[:k] == s[:k];
+    * ``longest_run``: the largest k such that g[i:i+k] == s[i:i+k] for some i, i.e. the longest
+      run of consecutive positions where the generated token equals the true token at the same
+      position (a shifted copy does not count).
+
+    Samples with fewer than ``prefix_tokens + 1`` tokens have no suffix to extract; they are
+    skipped rather than scored with a shorter prompt (a shorter prompt is a different, easier
+    or harder, attack) and their input indices are listed in ``skipped``.
+
+    Returns ``{"fraction_extractable", "samples", "skipped", "prefix_tokens", "suffix_tokens"}``;
+    ``samples`` holds one dict per scored sample, in input order, with its input ``index``.
+    ``fraction_extractable`` is the share of scored samples that are ``exact`` (NaN when none
+    was scored). ``progress(done, total)`` counts generated tokens.
+    """
+    _check_positive("prefix_tokens", prefix_tokens)
+    _check_positive("suffix_tokens", suffix_tokens)
+    _check_positive("batch_size", batch_size)
+    sequences = [[int(token) for token in seq] for seq in sequences]
+    scored = [i for i, seq in enumerate(sequences) if len(seq) > prefix_tokens]
+    skipped = [i for i, seq in enumerate(sequences) if len(seq) <= prefix_tokens]
+    suffixes = {i: sequences[i][prefix_tokens : prefix_tokens + suffix_tokens] for i in scored}
+
+    total = sum(len(suffix) for suffix in suffixes.values())
+    done = 0
+    if progress is not None:
+        progress(0, total)
+
+    def on_tokens(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(done, total)
+
+    # Equal suffix lengths share a batch, so no row generates tokens it throws away.
+    order = sorted(scored, key=lambda i: len(suffixes[i]), reverse=True)
+    generated: dict[int, list[int]] = {}
+    with _evaluating(model):
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            continuations = _greedy_continuations(
+                model,
+                [sequences[i][:prefix_tokens] for i in batch],
+                [len(suffixes[i]) for i in batch],
+                pad_token_id=pad_token_id,
+                on_tokens=on_tokens,
+            )
+            generated.update(zip(batch, continuations))
+
+    samples = []
+    for i in scored:
+        matches = [g == s for g, s in zip(generated[i], suffixes[i])]
+        samples.append(
+            {
+                "index": i,
+                "exact": all(matches),
+                "longest_prefix_match": _leading_true(matches),
+                "longest_run": _longest_true_run(matches),
+                "suffix_length": len(suffixes[i]),
+            }
+        )
+    exact_count = sum(sample["exact"] for sample in samples)
+    return {
+        "fraction_extractable": exact_count / len(samples) if samples else math.nan,
+        "samples": samples,
+        "skipped": skipped,
+        "prefix_tokens": prefix_tokens,
+        "suffix_tokens": suffix_tokens,
+    }
+
+
+def _leading_true(flags: list[bool]) -> int:
+    for position, flag in enumerate(flags):
+        if not flag:
+            return position
+    return len(flags)
+
+
+def _longest_true_run(flags: list[bool]) -> int:
+    longest = current = 0
+    for flag in flags:
+        current = current + 1 if flag else 0
+        longest = max(longest, current)
+    return longest
+
+
+# --- membership inference -----------------------------------------------------------------
+
+
+def membership_scores(
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    texts: Sequence[str],
+    *,
+    k_percent: float = 20.0,
+    batch_size: int = 8,
+    pad_token_id: int = 0,
+) -> dict[str, list[float]]:
+    """Per-sample membership-inference scores, each oriented so that higher = more likely a
+    training member. With l_t = log p(x_t | x_<t) over the targets t = 1..T-1:
+
+    * ``loss`` = mean_t l_t (minus the mean NLL; Yeom et al. 2018).
+    * ``zlib`` = -(mean NLL) / zlib_bytes, where zlib_bytes = len(zlib.compress(text.encode()))
+      of the sample's text: the log-perplexity to zlib-entropy ratio of Carlini et al. (2021),
+      negated. Carlini et al. rank by zlib / log-perplexity; for positive values the negated
+      ratio ranks identically and stays finite when the NLL reaches 0.
+    * ``min_k`` = mean of the k lowest l_t, k = max(1, floor((T-1) * k_percent / 100))
+      (Min-K% Prob, Shi et al. 2024).
+    * ``min_k_plus_plus`` = mean of the k lowest z_t = (l_t - mu_t) / sigma_t, where, with p the
+      model's next-token distribution at that position over the full vocabulary,
+      mu_t = E_{z~p}[log p(z)] and sigma_t^2 = E_{z~p}[(log p(z) - mu_t)^2] (Min-K%++, Zhang et
+      al. 2024; the variance is computed centred, which equals E[(log p)^2] - mu^2 but does not
+      cancel catastrophically in float32).
+
+    One teacher-forced pass per batch of ``batch_size`` samples (right padding, so padding never
+    reaches a real token). The full-vocabulary quantities are reduced per position right away, a
+    few positions at a time, so no batch x T x vocab log-probabilities are kept.
+    """
+    sequences = _check_sequences(sequences)
+    texts = list(texts)
+    if len(texts) != len(sequences):
+        raise UserError(
+            f"membership scores need one text per sequence: got {len(texts)} texts for "
+            f"{len(sequences)} sequences"
+        )
+    _check_percent(k_percent)
+    _check_positive("batch_size", batch_size)
+
+    scores: dict[str, list[float]] = {name: [0.0] * len(sequences) for name in MIA_METRICS}
+    with _evaluating(model):
+        for i, token_log_probs, standardized in _token_statistics(
+            model, sequences, batch_size=batch_size, pad_token_id=pad_token_id
+        ):
+            mean_log_prob = token_log_probs.mean().item()
+            k = max(1, math.floor(len(token_log_probs) * k_percent / 100))
+            scores["loss"][i] = mean_log_prob
+            # The NLL is >= 0 and the compressed length >= 8 bytes, so the ratio is finite.
+            scores["zlib"][i] = mean_log_prob / len(zlib.compress(texts[i].encode("utf-8")))
+            scores["min_k"][i] = token_log_probs.sort().values[:k].mean().item()
+            scores["min_k_plus_plus"][i] = standardized.sort().values[:k].mean().item()
+    return scores
+
+
+def _check_percent(k_percent: float) -> None:
+    if isinstance(k_percent, bool) or not isinstance(k_percent, (int, float)):
+        raise UserError(f"k_percent must be a number in (0, 100], got {k_percent!r}")
+    if not 0 < k_percent <= 100:
+        raise UserError(f"k_percent must be in (0, 100], got {k_percent!r}")
+
+
+def _token_statistics(
+    model: torch.nn.Module,
+    sequences: list[list[int]],
+    *,
+    batch_size: int,
+    pad_token_id: int,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield (sample index, l_t, z_t) per sample, l_t and z_t as CPU float64 tensors of T-1."""
+    device = _model_device(model)
+    # Similar lengths share a batch, so little compute goes to padding.
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(len(sequences[i]) for i in rows)
+        input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, i in enumerate(rows):
+            input_ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
+            attention_mask[row, : len(sequences[i])] = 1
+        # Right padding: causal attention never lets a real token see the pads after it.
+        position_ids = torch.arange(width).expand(len(rows), width)
+        logits = model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            position_ids=position_ids.to(device),
+            use_cache=False,
+        ).logits
+        for row, i in enumerate(rows):
+            # Logits at positions 0..T-2 predict targets x_1..x_{T-1}; later ones see padding.
+            targets = torch.tensor(sequences[i][1:], device=logits.device)
+            pieces = []
+            for chunk in range(0, len(targets), _VOCAB_CHUNK_POSITIONS):
+                end = min(chunk + _VOCAB_CHUNK_POSITIONS, len(targets))
+                pieces.append(_position_statistics(logits[row, chunk:end], targets[chunk:end]))
+            token_log_probs = torch.cat([piece[0] for piece in pieces])
+            standardized = torch.cat([piece[1] for piece in pieces])
+            yield i, token_log_probs, standardized
+        del logits
+
+
+def _position_statistics(
+    logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(target) and its Min-K%++ standardization for a few positions ([P, V] logits)."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # half-precision softmax sums lose too many digits
+    log_probs = torch.log_softmax(logits, dim=-1)
+    probs = log_probs.exp()
+    # A -inf log-prob has probability 0; where() keeps 0 * -inf from turning into NaN.
+    finite = torch.isfinite(log_probs)
+    safe_log_probs = torch.where(finite, log_probs, torch.zeros_like(log_probs))
+    mu = (probs * safe_log_probs).sum(dim=-1)
+    variance = (probs * (safe_log_probs - mu[:, None]).square()).sum(dim=-1)
+    sigma = variance.sqrt().clamp(min=_MIN_SIGMA)
+    target_log_probs = log_probs.gather(-1, targets[:, None]).squeeze(-1)
+    standardized = (target_log_probs - mu) / sigma
+    return target_log_probs.double().cpu(), standardized.double().cpu()
+
+
+def auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
+    """ROC AUC of separating members from non-members by score (higher = member):
+    P(member score > non-member score) + 0.5 * P(tie), over all member/non-member pairs.
+
+    Computed as the Mann-Whitney U statistic from average ranks (ties share the mean of their
+    ranks), in O(n log n). 1.0: every member outscores every non-member; 0.5: no separation.
+    """
+    members = [float(score) for score in member_scores]
+    nonmembers = [float(score) for score in nonmember_scores]
+    if not members or not nonmembers:
+        raise UserError(
+            f"AUC needs at least one member and one non-member score, got {len(members)} and "
+            f"{len(nonmembers)}"
+        )
+    if any(math.isnan(score) for score in members + nonmembers):
+        raise ValueError("AUC is undefined for NaN scores")
+    labelled = sorted(
+        [(score, True) for score in members] + [(score, False) for score in nonmembers]
+    )
+    member_rank_sum = 0.0
+    start = 0
+    while start < len(labelled):
+        end = start
+        while end < len(labelled) and labelled[end][0] == labelled[start][0]:
+            end += 1
+        # Ranks start + 1 .. end (1-based) tie; each gets their mean.
+        average_rank = (start + 1 + end) / 2
+        tied_members = sum(1 for _, is_member in labelled[start:end] if is_member)
+        member_rank_sum += average_rank * tied_members
+        start = end
+    n_members, n_nonmembers = len(members), len(nonmembers)
+    u_statistic = member_rank_sum - n_members * (n_members + 1) / 2
+    return u_statistic / (n_members * n_nonmembers)
+
+
+def mia_report(
+    model: torch.nn.Module,
+    forget_sequences: Sequence[Sequence[int]],
+    forget_texts: Sequence[str],
+    reference_sequences: Sequence[Sequence[int]],
+    reference_texts: Sequence[str],
+    **kw,
+) -> dict[str, dict[str, float]]:
+    """Membership inference of the forget set (members) against unseen reference text.
+
+    For each score of :func:`membership_scores` (``kw`` goes to it):
+    ``{"auc": ..., "forget_mean": ..., "reference_mean": ...}``. An AUC near 0.5 means the
+    score no longer tells the forget set from text the model never saw.
+    """
+    forget = membership_scores(model, forget_sequences, forget_texts, **kw)
+    reference = membership_scores(model, reference_sequences, reference_texts, **kw)
+    return {
+        name: {
+            "auc": auc(forget[name], reference[name]),
+            "forget_mean": _mean(forget[name]),
+            "reference_mean": _mean(reference[name]),
+        }
+        for name in MIA_METRICS
+    }
+
+
+# --- sampled extraction likelihood ----------------------------------------------------------
+
+
+def paper_extraction_likelihood(
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    *,
+    n: int = 10,
+    cut_every: int = 40,
+    top_p: float = 0.95,
+    seed: int = 0,
+    batch_size: int = 16,
+    pad_token_id: int = 0,
+    progress: ProgressCallback | None = None,
+) -> list[float]:
+    """EL_n per sample, paper-code variant: a SAMPLED estimate at coarse cut points.
+
+    Prompts are x[:c] for c = cut_every, 2 * cut_every, ... < T. Each is continued for the rest
+    of the sequence (T - c tokens) by nucleus sampling at temperature 1: at every step the
+    smallest set of most likely tokens whose probability reaches ``top_p`` is kept and one is
+    drawn in proportion to its probability. The score of a cut is ``ngram_overlap``(sample,
+    x[c:], n); a sample's EL_n is the mean over the cuts whose true suffix has an n-gram
+    (0.0 when no cut has one, as in memorization.py).
+
+    Unlike memorization.extraction_likelihood (greedy, every prefix, exact) this is a random
+    estimate; compare values only between runs of this function. Every (sample, cut) draws
+    from its own torch.Generator seeded from (``seed``, sample index, c), so the result is
+    reproducible and does not depend on ``batch_size`` or on the other samples.
+    """
+    sequences = _check_sequences(sequences)
+    _check_ns((n,))
+    _check_positive("cut_every", cut_every)
+    _check_positive("batch_size", batch_size)
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1], got {top_p!r}")
+
+    # Cuts whose suffix is shorter than n have no n-gram and would score nothing.
+    jobs = [
+        (i, cut)
+        for i, seq in enumerate(sequences)
+        for cut in range(cut_every, len(seq), cut_every)
+        if len(seq) - cut >= n
+    ]
+    # Longest continuations first: rows of a batch then need similar numbers of new tokens.
+    jobs.sort(key=lambda job: (len(sequences[job[0]]) - job[1], job), reverse=True)
+    total = sum(len(sequences[i]) - cut for i, cut in jobs)
+    done = 0
+    if progress is not None:
+        progress(0, total)
+
+    def on_tokens(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(done, total)
+
+    device = _model_device(model)
+    overlaps: dict[int, list[float]] = {i: [] for i in range(len(sequences))}
+    with _evaluating(model):
+        for start in range(0, len(jobs), batch_size):
+            batch = jobs[start : start + batch_size]
+            generators = [_job_generator(seed, i, cut, device) for i, cut in batch]
+            continuations = _sampled_continuations(
+                model,
+                [sequences[i][:cut] for i, cut in batch],
+                [len(sequences[i]) - cut for i, cut in batch],
+                generators=generators,
+                top_p=float(top_p),
+                pad_token_id=pad_token_id,
+                on_tokens=on_tokens,
+            )
+            for (i, cut), tokens in zip(batch, continuations):
+                overlaps[i].append(ngram_overlap(tokens, sequences[i][cut:], n))
+    return [_mean(overlaps[i]) if overlaps[i] else 0.0 for i in range(len(sequences))]
+
+
+def _job_generator(seed: int, index: int, cut: int, device: torch.device) -> torch.Generator:
+    # A hash, not seed + index + cut, so neighbouring jobs never share a stream.
+    digest = hashlib.blake2b(f"{seed}/{index}/{cut}".encode(), digest_size=8).digest()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+    return generator
+
+
+def _sampled_continuations(
+    model: torch.nn.Module,
+    prefixes: list[list[int]],
+    lengths: list[int],
+    *,
+    generators: list[torch.Generator],
+    top_p: float,
+    pad_token_id: int,
+    on_tokens: Callable[[int], None],
+) -> list[list[int]]:
+    """Nucleus-sampled continuation of each prefix, ``lengths[row]`` tokens long, in one batch.
+
+    The same decoding plumbing as memorization._greedy_continuations (left padding, positions
+    counted from the mask, KV cache when the model returns one, end-of-text not special), with
+    a top-p draw from row's own generator in place of argmax. Not ``model.generate``: its merged
+    generation config can add penalties or stop at end-of-text.
+    """
+    device = _model_device(model)
+    rows, width = len(prefixes), max(len(p) for p in prefixes)
+    steps = max(lengths)
+    input_ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((rows, width), dtype=torch.long)
+    for row, prefix in enumerate(prefixes):
+        input_ids[row, width - len(prefix) :] = torch.tensor(prefix)
+        attention_mask[row, width - len(prefix) :] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    extra = {"logits_to_keep": 1} if _accepts_kwarg(model, "logits_to_keep") else {}
+
+    generated = torch.empty((rows, steps), dtype=torch.long, device=device)
+    step_ids, step_positions = input_ids, position_ids
+    cache: tuple[str, object] | None = None
+    for step in range(steps):
+        kwargs = dict(extra)
+        if cache is not None:
+            kwargs[cache[0]] = cache[1]
+        outputs = model(
+            input_ids=step_ids,
+            attention_mask=attention_mask,
+            position_ids=step_positions,
+            use_cache=True,
+            **kwargs,
+        )
+        next_tokens = _top_p_sample(outputs.logits[:, -1, :], top_p, generators)
+        generated[:, step] = next_tokens
+        cache = _returned_cache(outputs)
+        del outputs
+        next_positions = position_ids[:, -1:] + 1
+        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+        position_ids = torch.cat([position_ids, next_positions], dim=-1)
+        attention_mask = torch.cat([attention_mask, torch.ones_like(next_positions)], dim=-1)
+        if cache is not None:
+            step_ids, step_positions = next_tokens[:, None], next_positions
+        else:
+            step_ids, step_positions = input_ids, position_ids
+        on_tokens(sum(1 for length in lengths if length > step))
+    generated_rows = generated.cpu().tolist()
+    return [generated_rows[row][: lengths[row]] for row in range(rows)]
+
+
+def _top_p_sample(
+    logits: torch.Tensor, top_p: float, generators: list[torch.Generator]
+) -> torch.Tensor:
+    """One token per row of [rows, V] logits from the top-p nucleus; row r draws with
+    generators[r]."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True)
+    # Keep a token while the mass ranked above it is still short of top_p; the top token always
+    # stays, so top_p -> 0 is greedy.
+    mass_above = sorted_probs.cumsum(dim=-1) - sorted_probs
+    sorted_probs = sorted_probs.masked_fill(mass_above >= top_p, 0.0)
+    tokens = torch.empty(len(generators), dtype=torch.long, device=logits.device)
+    for row, generator in enumerate(generators):
+        # Per-row draws keep each row's randomness independent of what it is batched with.
+        rank = torch.multinomial(sorted_probs[row], 1, generator=generator)
+        tokens[row] = sorted_ids[row, rank[0]]
+    return tokens
+
+
+# --- reference level ----------------------------------------------------------------------
+
+
+def reference_thresholds(
+    model: torch.nn.Module,
+    reference_sequences: Sequence[Sequence[int]],
+    *,
+    ns: Sequence[int] = (10,),
+    el_stride: int = 10,
+    **kw,
+) -> dict[str, float]:
+    """Mean MA and EL_n on unseen reference text: ``{"ma": ..., "el_10": ...}``.
+
+    Jang et al. (2022) count a forget set as forgotten once its MA and EL_n fall to these
+    levels. ``el_stride`` scores every k-th prefix to keep it affordable; the rest of ``kw``
+    goes to memorization.memorization.
+    """
+    result = memorization(model, reference_sequences, ns=ns, el_stride=el_stride, **kw)
+    return result.means()

@@ -1,0 +1,366 @@
+"""NLU benchmark scoring: batched log-likelihoods against a naive one-forward-per-pair loop on the
+tiny models, the metrics on constructed cases, the real data files (skipped when absent), and
+the errors a user sees."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CORPUS, make_tokenizer
+from unmemorize.errors import UserError
+from unmemorize.metrics import nlu
+from unmemorize.metrics.nlu import (
+    NLU_TASKS,
+    PAPER_NLU_AVG,
+    Instance,
+    choice_predictions,
+    encode_pairs,
+    evaluate_lm_eval,
+    evaluate_nlu,
+    loglikelihoods,
+    mean_stderr,
+    score_task,
+    select_subset,
+)
+from unmemorize.models import load_model
+
+CONTEXT_A = "Alice Johnson lives at 42 Baker"
+CONTEXT_B = "The quick brown fox jumps over the"
+
+
+@pytest.fixture(scope="module")
+def float64_models(tiny_models) -> dict:
+    """Each tiny model in float64, so batched and unbatched scores agree to ~1e-12."""
+    return {arch: load_model(str(path), dtype=torch.float64) for arch, path in tiny_models.items()}
+
+
+def naive_scores(model, tokenizer, pairs) -> list[tuple[float, bool]]:
+    """(sum of continuation log-probs, all tokens greedy) with one unbatched full forward each."""
+    scores = []
+    for context_ids, continuation_ids in encode_pairs(tokenizer, pairs):
+        ids = torch.tensor([context_ids + continuation_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0].double()
+        logprobs = logits.log_softmax(-1)
+        positions = range(len(context_ids) - 1, len(context_ids) + len(continuation_ids) - 1)
+        total = sum(logprobs[p, t].item() for p, t in zip(positions, continuation_ids))
+        greedy = all(logits[p].argmax().item() == t for p, t in zip(positions, continuation_ids))
+        scores.append((total, greedy))
+    return scores
+
+
+def one_token_words(tokenizer, candidates=(" the", " a", " in", " and", " of", " to", " is")) -> list[str]:
+    words = [w for w in candidates if len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1]
+    assert len(words) >= 2, "the tiny tokenizer should have single-token common words"
+    return words
+
+
+# --------------------------------------------------------------------------------------------
+# Log-likelihoods
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["gpt_neo", "llama", "gemma3"])
+def test_batched_loglikelihoods_match_naive_loop(float64_models, arch):
+    loaded = float64_models[arch]
+    words = one_token_words(loaded.tokenizer)
+    pairs = [
+        (CONTEXT_A, " Street in London and her phone is 555-0199."),
+        (CONTEXT_A, " Road"),
+        (CONTEXT_A, " Street"),
+        (CONTEXT_B, " lazy dog"),
+        (CONTEXT_B, " lazy dog while Bob Smith watches from Paris."),
+        (CONTEXT_B, words[0]),  # one-token continuations of one context share a forward
+        (CONTEXT_B, words[1]),
+        ("Contact mary.jones@example.com for the account number ", "1234-5678-9012."),
+        (CONTEXT_A, " Road"),  # an exact repeat
+    ]
+    expected = naive_scores(loaded.model, loaded.tokenizer, pairs)
+    for batch_size in (1, 4):
+        scores = loglikelihoods(loaded.model, loaded.tokenizer, pairs, batch_size=batch_size)
+        assert len(scores) == len(pairs)
+        for score, (logprob, greedy) in zip(scores, expected):
+            assert score.logprob == pytest.approx(logprob, abs=1e-9)
+            assert score.is_greedy == greedy
+    assert len({round(lp, 6) for lp, _ in expected}) > 5, "scores should differ between pairs"
+
+
+def test_encode_pairs_adds_bos_and_moves_trailing_space(tmp_path, float64_models):
+    tokenizer = float64_models["llama"].tokenizer
+    bos = tokenizer.bos_token_id
+    plain = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    [(context_ids, continuation_ids)] = encode_pairs(tokenizer, [("Alice lives at ", "42")])
+    assert context_ids == [bos] + plain("Alice lives at")
+    assert continuation_ids == plain(" 42")
+
+    no_bos = make_tokenizer(tmp_path, add_bos=False)
+    [(context_ids, _), (empty_ids, _)] = encode_pairs(no_bos, [("Alice lives at", " 42"), ("", "Alice")])
+    assert context_ids == no_bos("Alice lives at", add_special_tokens=False)["input_ids"]
+    assert empty_ids == [no_bos.eos_token_id]  # lm-eval's stand-in for an empty context
+
+
+def test_model_mode_is_restored(float64_models):
+    loaded = float64_models["gpt_neo"]
+    loaded.model.train()
+    try:
+        loglikelihoods(loaded.model, loaded.tokenizer, [(CONTEXT_A, " Street")])
+        assert loaded.model.training
+    finally:
+        loaded.model.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics on constructed cases
+# --------------------------------------------------------------------------------------------
+
+
+def test_choice_predictions_acc_and_acc_norm_can_disagree():
+    # Choice 0 has the higher total but choice 1 the higher per-character log-likelihood.
+    assert choice_predictions([-10.0, -12.0], [5, 20]) == (0, 1)
+    assert choice_predictions([-3.0, -3.0], [4, 4]) == (0, 0)  # ties go to the first
+
+
+def test_acc_and_acc_norm_on_model_where_they_disagree(float64_models):
+    loaded = float64_models["llama"]
+    candidates = [
+        (" Street", " Street in London and her phone is 555-0199."),
+        (" Road", " Street in London"),
+        (" lazy", " lazy dog while Bob Smith watches from Paris."),
+        (" in", " in London and her phone is 555-0199."),
+    ]
+    for short, long in candidates:
+        expected = naive_scores(loaded.model, loaded.tokenizer, [(CONTEXT_A, short), (CONTEXT_A, long)])
+        lengths = [len(short) - 1, len(long) - 1]
+        acc_pick, norm_pick = choice_predictions([lp for lp, _ in expected], lengths)
+        if acc_pick != norm_pick:
+            break
+    else:
+        pytest.fail("no constructed case where acc and acc_norm disagree")
+    instance = Instance((CONTEXT_A,), (short.strip(), long.strip()), gold=norm_pick)
+    metrics = score_task(loaded.model, loaded.tokenizer, "piqa", [instance], batch_size=2)
+    assert metrics["acc"] == 0.0 and metrics["acc_norm"] == 1.0 and metrics["n"] == 1
+
+
+def test_winogrande_partial_scoring_picks_the_likelier_context(float64_models):
+    loaded = float64_models["gemma3"]
+    contexts = ("Alice Johnson lives at 42 Baker", "Contact mary.jones@example.com for the")
+    continuation = "Street in London and her phone is 555-0199."
+    expected = naive_scores(loaded.model, loaded.tokenizer, [(c, " " + continuation) for c in contexts])
+    assert abs(expected[0][0] - expected[1][0]) > 1e-3
+    better = 0 if expected[0][0] > expected[1][0] else 1
+    right = Instance(contexts, (continuation,), gold=better)
+    wrong = Instance(contexts, (continuation,), gold=1 - better)
+    metrics = score_task(loaded.model, loaded.tokenizer, "winogrande", [right, wrong], batch_size=4)
+    assert metrics["acc"] == 0.5
+    assert "acc_norm" not in metrics  # one shared continuation: length normalisation is moot
+    assert score_task(loaded.model, loaded.tokenizer, "winogrande", [right])["acc"] == 1.0
+
+
+def greedy_target(model, tokenizer, n_tokens: int = 2) -> tuple[str, str] | None:
+    """A (context, target) whose target is the model's own greedy continuation and survives a
+    decode/encode round trip, so LAMBADA's exact match must count it."""
+    for sentence in dict.fromkeys(CORPUS):
+        words = sentence.split(" ")
+        for cut in range(2, len(words)):
+            context = " ".join(words[:cut])
+            ids = encode_pairs(tokenizer, [(context, " x")])[0][0]
+            generated = []
+            for _ in range(n_tokens):
+                with torch.no_grad():
+                    logits = model(input_ids=torch.tensor([ids + generated])).logits[0, -1]
+                generated.append(int(logits.argmax()))
+            text = tokenizer.decode(generated)
+            if text[:1] == " " and tokenizer(text, add_special_tokens=False)["input_ids"] == generated:
+                return context, text
+    return None
+
+
+@pytest.mark.parametrize("arch", ["gpt_neo", "llama", "gemma3"])
+def test_lambada_exact_match_and_perplexity(float64_models, arch):
+    loaded = float64_models[arch]
+    found = greedy_target(loaded.model, loaded.tokenizer)
+    if found is None:
+        pytest.fail("no context whose greedy continuation round-trips through the tokenizer")
+    context, target = found
+    miss = " zebra quartz"
+    expected = naive_scores(loaded.model, loaded.tokenizer, [(context, target), (context, miss)])
+    assert expected[0][1] and not expected[1][1]
+
+    hit_instance = Instance((context,), (target.removeprefix(" "),))  # the delimiter adds the space
+    miss_instance = Instance((context,), (miss.removeprefix(" "),))
+    metrics = score_task(loaded.model, loaded.tokenizer, "lambada", [hit_instance, miss_instance])
+    assert metrics["acc"] == 0.5
+    mean_logprob = (expected[0][0] + expected[1][0]) / 2
+    assert metrics["perplexity"] == pytest.approx(math.exp(-mean_logprob), rel=1e-9)
+    assert score_task(loaded.model, loaded.tokenizer, "lambada", [hit_instance])["acc"] == 1.0
+    assert score_task(loaded.model, loaded.tokenizer, "lambada", [miss_instance])["acc"] == 0.0
+
+
+def test_mean_stderr_is_the_sample_stderr_of_a_proportion():
+    values = [1.0, 0.0, 1.0, 1.0]  # p = 0.75, n = 4
+    assert mean_stderr(values) == pytest.approx(math.sqrt(0.75 * 0.25 / 3))
+    assert mean_stderr([1.0] * 10) == 0.0
+    assert math.isnan(mean_stderr([1.0]))
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate_nlu end to end on small files
+# --------------------------------------------------------------------------------------------
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def small_nlu_dir(directory: Path) -> Path:
+    write_jsonl(directory / "copa.jsonl", [
+        {"query": "The man turned on the faucet, therefore", "choices": ["water flowed.", "the dog slept."], "gold": 0},
+        {"query": "Alice was tired, because", "choices": ["she ran far.", "it was blue."], "gold": 0},
+        {"query": "Bob smiled, therefore", "choices": ["Alice smiled back.", "the sky fell."], "gold": 1},
+    ])
+    write_jsonl(directory / "piqa.jsonl", [
+        {"query": "Question: How do I open a door?\n", "choices": ["Turn the handle.", "Eat the key."], "gold": 0},
+        {"query": "Question: How do I boil water?\n", "choices": ["Freeze it.", "Heat it in a pot."], "gold": 1},
+    ])
+    write_jsonl(directory / "winogrande.jsonl", [
+        {"context_options": ["Alice helped Bob because Alice", "Alice helped Bob because Bob"],
+         "continuation": "needed help.", "gold": 1},
+    ])
+    return directory
+
+
+def test_evaluate_nlu_reports_each_task_and_the_paper_average(float64_models, tmp_path):
+    loaded = float64_models["gpt_neo"]
+    calls = []
+    results = evaluate_nlu(
+        loaded.model, loaded.tokenizer, ("copa", "piqa", "winogrande"),
+        nlu_dir=small_nlu_dir(tmp_path), batch_size=3, progress=lambda *args: calls.append(args),
+    )
+    assert set(results) == {"copa", "piqa", "winogrande", "paper_avg"}
+    assert results["copa"]["n"] == 3 and results["piqa"]["n"] == 2 and results["winogrande"]["n"] == 1
+    for name in ("copa", "piqa"):
+        assert set(results[name]) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}
+        assert 0.0 <= results[name]["acc"] <= 1.0
+    headline = [results["piqa"]["acc_norm"], results["copa"]["acc"], results["winogrande"]["acc"]]
+    assert results["paper_avg"]["acc"] == pytest.approx(sum(headline) / 3)
+    assert results["paper_avg"]["tasks"] == ["piqa", "copa", "winogrande"]
+    assert {task for task, _, _ in calls} == {"copa", "piqa", "winogrande"}
+    assert all(done == total for task, done, total in calls if task == "winogrande")
+
+    subset = evaluate_nlu(loaded.model, loaded.tokenizer, ["copa"], nlu_dir=tmp_path, limit=2)
+    assert subset["copa"]["n"] == 2 and subset["paper_avg"]["tasks"] == ["copa"]
+
+
+def test_headline_metrics_follow_lm_eval():
+    assert {n for n, t in NLU_TASKS.items() if t.headline == "acc_norm"} == {
+        "piqa", "arc_easy", "arc_challenge", "hellaswag"
+    }
+    assert set(PAPER_NLU_AVG) <= set(NLU_TASKS)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+def test_unknown_task_lists_the_registry(tmp_path):
+    with pytest.raises(UserError, match="unknown NLU task 'squad'.*piqa.*lambada"):
+        evaluate_nlu(None, None, ["piqa", "squad"], nlu_dir=tmp_path)
+
+
+def test_missing_directory_and_file_name_what_is_needed(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="--nlu-dir.*piqa.jsonl.*copa.jsonl"):
+        evaluate_nlu(None, None, ["piqa", "copa"], nlu_dir=tmp_path / "absent")
+    monkeypatch.setattr(nlu, "data_path", lambda relative: None)
+    with pytest.raises(UserError, match="no shared data directory.*--nlu-dir"):
+        evaluate_nlu(None, None, ["copa"])
+    write_jsonl(tmp_path / "copa.jsonl", [])
+    with pytest.raises(UserError, match="lacks hellaswag_val_full.txt.bz2.*--nlu-dir"):
+        evaluate_nlu(None, None, ["copa", "hellaswag"], nlu_dir=tmp_path)
+
+
+def test_bad_rows_and_limits_are_user_errors(tmp_path):
+    write_jsonl(tmp_path / "copa.jsonl", [{"query": "q", "choices": ["a", "b"], "gold": 2}])
+    with pytest.raises(UserError, match="copa.jsonl:1: gold index 2"):
+        nlu.load_task("copa", tmp_path)
+    write_jsonl(tmp_path / "copa.jsonl", [{"query": "q", "gold": 0}])
+    with pytest.raises(UserError, match="missing field 'choices'"):
+        nlu.load_task("copa", tmp_path)
+    with pytest.raises(UserError, match="--nlu-limit"):
+        evaluate_nlu(None, None, ["copa"], nlu_dir=tmp_path, limit=0)
+
+
+def test_lm_eval_adapter_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # makes `import lm_eval` fail
+    with pytest.raises(UserError, match=r"pip install 'unmemorize\[lm-eval\]'"):
+        evaluate_lm_eval(None, None, ["piqa"])
+
+
+# --------------------------------------------------------------------------------------------
+# Real data files
+# --------------------------------------------------------------------------------------------
+
+README_COUNTS = {
+    "piqa": 1838, "arc_easy": 2376, "arc_challenge": 1172, "copa": 100, "boolq": 3270,
+    "mathqa": 2983, "pubmedqa": 1000, "winogrande": 1267, "lambada": 5153, "hellaswag": 10042,
+}
+OPTION_COUNTS = {
+    "piqa": 2, "arc_easy": 4, "arc_challenge": 4, "copa": 2, "boolq": 2, "mathqa": 4,
+    "pubmedqa": 3, "winogrande": 2, "lambada": 1, "hellaswag": 4,
+}
+
+
+@pytest.mark.parametrize("name", sorted(NLU_TASKS))
+def test_real_file_parses(shared_data, name):
+    instances = nlu.load_task(name, shared_data / "nlu")
+    assert len(instances) == README_COUNTS[name]
+    assert all(0 <= i.gold < i.n_options for i in instances)
+    assert {i.n_options for i in instances} == {OPTION_COUNTS[name]}
+    first = instances[0]
+    context, choice = first.option(0)
+    assert context and choice
+    if name in ("piqa", "arc_easy", "arc_challenge", "boolq"):
+        assert context.endswith("\nAnswer:") and not context.startswith("Passage:")
+    if name == "pubmedqa":
+        assert first.choices == ("yes", "no", "maybe") and context.endswith("Answer: ")
+    if name == "hellaswag":
+        # lm-eval's clean-up removes bracketed markup (a lone "[" may stay).
+        assert not any(re.search(r"\[.*?\]", c) for i in instances for c in i.contexts + i.choices)
+
+
+def test_limit_takes_a_fixed_subset(shared_data):
+    instances = nlu.load_task("piqa", shared_data / "nlu")
+    first = select_subset(instances, 50)
+    assert first == select_subset(instances, 50)
+    assert first == nlu.load_task("piqa", shared_data / "nlu", limit=50)
+    assert len(first) == 50 and first != instances[:50]
+    assert select_subset(instances, 60)[:50] != first
+    order = [instances.index(i) for i in first]
+    assert order == sorted(order)
+    assert select_subset(instances, 10_000) == instances
+
+
+# --------------------------------------------------------------------------------------------
+# Real model
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gemma_270m_on_piqa_and_copa(shared_data):
+    loaded = load_model("gemma-3-270m")
+    started = time.perf_counter()
+    results = evaluate_nlu(loaded.model, loaded.tokenizer, ["piqa", "copa"], limit=20, batch_size=8)
+    elapsed = time.perf_counter() - started
+    print(f"gemma-3-270m piqa+copa limit=20: {elapsed:.1f}s {results}")
+    for name in ("piqa", "copa"):
+        assert results[name]["n"] == 20
+        assert 0.0 <= results[name]["acc"] <= 1.0 and 0.0 <= results[name]["acc_norm"] <= 1.0
+    assert results["piqa"]["acc_norm"] > 0.4
