@@ -24,6 +24,19 @@ TEXTS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request):
+    """Tiny models run in milliseconds on one thread; on shared busy cores, a second intra-op
+    thread's synchronization made each forward take ~100 ms. The real-model test keeps both."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _load_float64(directory):
     loaded = load_model(str(directory))
     return loaded.model.to(torch.float64), loaded.tokenizer
@@ -92,7 +105,8 @@ def test_perplexity_matches_naive_loop_and_ignores_padding(tiny_models, arch, mo
     # A tiny logits budget splits batches; a tiny chunk splits the NLL: same number.
     monkeypatch.setattr(nlg, "LOGITS_BUDGET", 1)
     monkeypatch.setattr(nlg, "NLL_CHUNK", 3)
-    assert nlg.perplexity(model, tokenizer, TEXTS, batch_size=4) == pytest.approx(expected, rel=1e-9)
+    split_up = nlg.perplexity(model, tokenizer, TEXTS, batch_size=4)
+    assert split_up == pytest.approx(expected, rel=1e-9)
 
 
 def test_perplexity_with_contexts_scores_only_the_continuation(tiny_models):
@@ -128,7 +142,9 @@ PROMPTS = ["Alice Johnson lives at", "The quick brown", "In 1999 the company", "
 @pytest.mark.parametrize("arch", ["gpt_neo", "llama", "gemma3"])
 def test_generation_is_seeded_and_independent_of_batching(tiny_models, arch):
     model, tokenizer = _load_float64(tiny_models[arch])
-    run = lambda **kw: nlg.generate_continuations(model, tokenizer, PROMPTS, max_new_tokens=12, **kw)  # noqa: E731
+
+    def run(**options):
+        return nlg.generate_continuations(model, tokenizer, PROMPTS, max_new_tokens=12, **options)
 
     first = run(seed=3, batch_size=4)
     assert run(seed=3, batch_size=4) == first
@@ -189,7 +205,9 @@ def test_load_prompts_errors_and_short_documents(tmp_path, monkeypatch, tiny_mod
         nlg.load_prompts(tokenizer=tokenizer)
     path = tmp_path / "docs.txt"
     path.write_text("too short\n" + "the lazy dog " * 40 + "\n")
-    pairs = nlg.load_prompts(path, prompt_tokens=4, limit=10, tokenizer=tokenizer, reference_tokens=8)
+    pairs = nlg.load_prompts(
+        path, prompt_tokens=4, limit=10, tokenizer=tokenizer, reference_tokens=8
+    )
     assert len(pairs) == 1  # the short line is skipped
     with pytest.raises(UserError, match="tokens"):
         nlg.load_prompts(path, prompt_tokens=400, tokenizer=tokenizer)
@@ -251,7 +269,8 @@ def test_evaluate_nlg_on_gemma(shared_data, encoder):
     )
     print(f"evaluate_nlg: {time.perf_counter() - start:.1f}s {metrics}")
     assert metrics["n"] == 8
-    for key in ("mauve", "rep_2", "rep_3", "rep_4", "diversity", "coherence", "gen_ppl", "heldout_ppl"):
+    scores = ("mauve", "rep_2", "rep_3", "rep_4", "diversity", "coherence")
+    for key in (*scores, "gen_ppl", "heldout_ppl"):
         assert math.isfinite(metrics[key]), key
     assert 5 < metrics["heldout_ppl"] < 200
     assert 0 <= metrics["mauve"] <= 1 and 0 <= metrics["diversity"] <= 1

@@ -30,6 +30,16 @@ VOCAB = 16
 MIA_LENGTHS = (2, 5, 17, 26)  # 17 and 26 exceed the tiny models' sliding window of 16
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """The tiny models gain nothing from intra-op threads; on shared, busy cores two threads
+    spin against other jobs and made these tests 10-50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --- stand-ins and naive references -------------------------------------------------------
 
 

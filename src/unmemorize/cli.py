@@ -189,6 +189,9 @@ def unlearn(
     allow_pickle: bool = typer.Option(False, help="Allow loading pickle-based weights (.bin): runs code in the file."),
     trust_remote_code: bool = typer.Option(False, help="Allow model code from the model's repository to run."),
     cpu: bool = typer.Option(False, help="Run on the CPU even when a GPU is present."),
+    run_eval_after: bool = typer.Option(False, "--eval", help="Run the evaluation suite on the result beside the original (writes OUT/eval.json)."),
+    eval_suites: str = typer.Option("memorization,nlu,nlg", help="Suites for --eval."),
+    eval_quick: bool = typer.Option(True, "--eval-quick/--eval-full", help="--eval with the quick setting of `unmemorize eval --quick`."),
 ) -> None:
     """Unlearn a forget set and report memorization before, after each epoch, and after.
 
@@ -209,6 +212,8 @@ def unlearn(
         eval_batch_size=eval_batch_size, el_batch_size=el_batch_size, stop_ma=stop_ma,
         stop_el=stop_el, reference=reference, reference_limit=reference_limit, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, cpu=cpu,
     )
+    if run_eval_after and not cfg.out:
+        raise UserError("--eval needs --out: the evaluation runs on the saved model")
     metrics = run_unlearn(cfg, RichReporter())
     rows = [("before", metrics["before"]["mean"])]
     rows += [(f"epoch {h['epoch']}", {k: v for k, v in h.items() if k not in ("epoch", "step")}) for h in metrics["epochs"]]
@@ -217,6 +222,18 @@ def unlearn(
               f"peak memory {metrics['peak_memory_mb'] / 1024:.1f} GiB")
     if cfg.out:
         out.print(f"unlearned model written to {cfg.out}")
+    if run_eval_after:
+        from .evaluate import EvalConfig, quick_settings
+
+        eval_cfg = EvalConfig(
+            model=cfg.out, original=cfg.model, forget=cfg.forget,
+            suites=[x.strip() for x in eval_suites.split(",") if x.strip()], limit=cfg.limit,
+            max_length=cfg.max_length, el_n=list(cfg.el_n), el_stride=cfg.el_stride,
+            seed=cfg.seed, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code,
+        )
+        if eval_quick:
+            quick_settings(eval_cfg)
+        run_evaluation(eval_cfg, Path(cfg.out) / "eval.json")
 
 
 @app.command(epilog="Example: unmemorize audit --model gemma-3-270m --data forget.csv --el-n 10 --json audit.json")
@@ -271,6 +288,99 @@ def audit(
                        ids=[t.example.id for t in tokenized])
         json_path.write_text(json.dumps(payload, indent=2))
         out.print(f"written {json_path}")
+
+
+class RichEvalReporter:
+    def message(self, text: str) -> None:
+        err.print(f"[dim]•[/dim] {text}")
+
+    def progress(self, label: str) -> Callable[[int, int], None]:
+        return _progress_callback(label)
+
+
+def _comparison_table(report: dict) -> Table:
+    from .evaluate import comparison_rows
+
+    labels = list(report["models"])
+    table = Table(title="Evaluation: " + " vs ".join(f"{l} = {report['models'][l]}" for l in labels))
+    table.add_column("metric", no_wrap=True)
+    for label in labels:
+        table.add_column(label, justify="right")
+    if len(labels) == 2:
+        table.add_column("change", justify="right")
+    for key, values in comparison_rows(report):
+        cells = ["-" if v is None else f"{v:.4g}" for v in values]
+        if len(values) == 2:
+            a, b = values
+            cells.append("-" if a is None or b is None else f"{b - a:+.4g}")
+        table.add_row(key, *cells)
+    return table
+
+
+def run_evaluation(cfg, json_path: Optional[Path]) -> dict:
+    from .evaluate import run_eval, write_json
+
+    report = run_eval(cfg, RichEvalReporter())
+    out.print(_comparison_table(report))
+    timings = ", ".join(f"{label} {suite} {secs:.0f} s" for label, t in report["timings_s"].items() for suite, secs in t.items())
+    out.print(f"suite times: {timings}; total {report['wall_time_s']:.0f} s")
+    if json_path:
+        write_json(report, json_path)
+        out.print(f"results written to {json_path}")
+    return report
+
+
+@app.command("eval", epilog="Example: unmemorize eval --model runs/forgot --original gemma-3-270m "
+             "--forget forget.csv --suites memorization,nlu --nlu-limit 100 --json eval.json")
+def eval_command(
+    config: Optional[str] = ConfigOption,
+    model: str = typer.Option("gemma-3-270m", help="The model to evaluate (registry name, directory, .gguf, hub id)."),
+    original: Optional[str] = typer.Option(None, help="The model it came from: evaluated beside it, and the judge of generation perplexity."),
+    forget: Optional[str] = typer.Option(None, help="The texts that were to be forgotten (needed by the memorization suite)."),
+    suites: str = typer.Option("memorization,nlu,nlg", help="Comma-separated: memorization, nlu, nlg."),
+    reference: Optional[str] = typer.Option(None, help="Unseen text: the 'forgotten' level and the MIA non-members (default reference/pile.csv)."),
+    reference_limit: Optional[int] = typer.Option(None, help="Reference documents used (default: as many as the forget set)."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N forget examples."),
+    max_length: int = typer.Option(200, help="Truncate forget/reference sequences to this many tokens."),
+    el_n: list[int] = typer.Option([10], help="n of EL_n (repeatable)."),
+    el_stride: int = typer.Option(10, help="Score EL on every k-th prefix (1 = exact)."),
+    paper_el: bool = typer.Option(True, "--paper-el/--no-paper-el", help="Also report EL as the paper's code computes it (sampled, cut every 40 tokens)."),
+    extraction_prefix: int = typer.Option(100, help="Prefix tokens of the extraction attack."),
+    extraction_suffix: int = typer.Option(50, help="Suffix tokens that must be reproduced exactly."),
+    mia_k_percent: float = typer.Option(20.0, help="k of min-k% and min-k%++."),
+    nlu_tasks: Optional[str] = typer.Option(None, help="Comma-separated NLU tasks (default: the paper's six)."),
+    nlu_limit: Optional[int] = typer.Option(None, help="A fixed seeded subset of N instances per task."),
+    nlu_dir: Optional[str] = typer.Option(None, help="Folder of NLU files (default nlu/ under the data location)."),
+    nlg_prompts: Optional[str] = typer.Option(None, help="Prompt documents for generation (default reference/wikitext.csv)."),
+    nlg_limit: int = typer.Option(100, help="Prompts to continue."),
+    nlg_max_new_tokens: int = typer.Option(128, help="Tokens generated per prompt."),
+    nlg_heldout_limit: int = typer.Option(200, help="WikiText documents for held-out perplexity (0 skips it)."),
+    quick: bool = typer.Option(False, help="Quick setting for 2 CPU cores: --nlu-limit 100 --nlg-limit 32 --nlg-max-new-tokens 64 --nlg-heldout-limit 50 --el-stride 40."),
+    seed: int = typer.Option(0, help="Seed of every sampled quantity."),
+    batch_size: int = typer.Option(8, help="Sequences per teacher-forced pass."),
+    el_batch_size: int = typer.Option(64, help="Prefixes decoded together."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results here (keyed suite.task.metric)."),
+    allow_pickle: bool = typer.Option(False, help="Allow loading pickle-based weights (.bin)."),
+    trust_remote_code: bool = typer.Option(False, help="Allow model code from the model's repository to run."),
+) -> None:
+    """Evaluate memorization and privacy leaks, NLU and generation; original vs unlearned."""
+    from .evaluate import EvalConfig, quick_settings
+
+    cfg = EvalConfig(
+        model=model, original=original, forget=forget,
+        suites=[s.strip() for s in suites.split(",") if s.strip()], reference=reference,
+        reference_limit=reference_limit, limit=limit, max_length=max_length, el_n=list(el_n),
+        el_stride=el_stride, paper_el=paper_el, extraction_prefix=extraction_prefix,
+        extraction_suffix=extraction_suffix, mia_k_percent=mia_k_percent,
+        nlu_tasks=[t.strip() for t in nlu_tasks.split(",")] if nlu_tasks else None,
+        nlu_limit=nlu_limit, nlu_dir=nlu_dir, nlg_prompts=nlg_prompts, nlg_limit=nlg_limit,
+        nlg_max_new_tokens=nlg_max_new_tokens, nlg_heldout_limit=nlg_heldout_limit, seed=seed,
+        batch_size=batch_size, el_batch_size=el_batch_size, allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
+    if quick:
+        quick_settings(cfg)
+    run_evaluation(cfg, json_path)
 
 
 @app.command(epilog="Example: unmemorize models")

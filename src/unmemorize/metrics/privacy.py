@@ -264,20 +264,36 @@ def _token_statistics(
 def _position_statistics(
     logits: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(target) and its Min-K%++ standardization for a few positions ([P, V] logits)."""
+    """log p(target) and its Min-K%++ standardization for a few positions ([P, V] logits).
+
+    With s = logits - max (so log p = s - log Z, Z = sum exp s): log p(x) - mu = s(x) - E_p[s]
+    and the variance of log p is that of s, so log Z is needed for log p(x) only. Written as a
+    few in-place passes and two matrix-vector products over the vocabulary because on a 262k
+    vocabulary these reductions cost about as much as the forward pass (float32 relative error
+    of the standardized score ~1e-6).
+    """
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # half-precision softmax sums lose too many digits
-    log_probs = torch.log_softmax(logits, dim=-1)
-    probs = log_probs.exp()
-    # A -inf log-prob has probability 0; where() keeps 0 * -inf from turning into NaN.
-    finite = torch.isfinite(log_probs)
-    safe_log_probs = torch.where(finite, log_probs, torch.zeros_like(log_probs))
-    mu = (probs * safe_log_probs).sum(dim=-1)
-    variance = (probs * (safe_log_probs - mu[:, None]).square()).sum(dim=-1)
+    shifted = logits - logits.amax(dim=-1, keepdim=True)  # a copy: the logits stay untouched
+    target_shifted = shifted.gather(-1, targets[:, None]).squeeze(-1)
+    # A -inf logit has probability exactly 0; clamping keeps 0 * -inf from becoming NaN and
+    # changes nothing else (exp(-1e4) is 0 in float64 too).
+    shifted.clamp_(min=-1e4)
+    weights = shifted.exp()
+    normalizer = weights.sum(dim=-1)
+    mean_shifted = _weighted_sums(weights, shifted) / normalizer
+    centred_squares = shifted.sub_(mean_shifted[:, None]).square_()
+    variance = _weighted_sums(weights, centred_squares) / normalizer
     sigma = variance.sqrt().clamp(min=_MIN_SIGMA)
-    target_log_probs = log_probs.gather(-1, targets[:, None]).squeeze(-1)
-    standardized = (target_log_probs - mu) / sigma
+    target_log_probs = target_shifted - normalizer.log()
+    standardized = (target_shifted - mean_shifted) / sigma
     return target_log_probs.double().cpu(), standardized.double().cpu()
+
+
+def _weighted_sums(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products of two [P, V] tensors. Not bmm/einsum: on CPU their float32
+    accumulation over 262k terms is off by ~4e-4 relative, vecdot's by ~1e-7."""
+    return torch.linalg.vecdot(weights, values)
 
 
 def auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
