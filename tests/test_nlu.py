@@ -36,17 +36,6 @@ CONTEXT_A = "Alice Johnson lives at 42 Baker"
 CONTEXT_B = "The quick brown fox jumps over the"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread(request):
-    """Tiny-model forwards take microseconds on one thread; on busy shared cores a second
-    intra-op thread's synchronisation made each one take ~30 ms. The real-model test keeps both."""
-    if request.node.get_closest_marker("slow"):
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -85,8 +85,8 @@ class EvalReporter:
 
 def quick_settings(config: EvalConfig) -> EvalConfig:
     """The documented quick setting: about a quarter hour for one 270M model on 2 CPU cores."""
-    config.nlu_limit = config.nlu_limit or 100
-    config.nlg_limit, config.nlg_max_new_tokens, config.nlg_heldout_limit = 32, 64, 50
+    config.nlu_limit = config.nlu_limit or 50
+    config.nlg_limit, config.nlg_max_new_tokens, config.nlg_heldout_limit = 32, 64, 20
     config.el_stride = max(config.el_stride, 40)
     return config
 
