@@ -24,19 +24,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread(request):
-    """Tiny models run in milliseconds on one thread; on shared busy cores, a second intra-op
-    thread's synchronization made each forward take ~100 ms. The real-model test keeps both."""
-    if request.node.get_closest_marker("slow"):
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _load_float64(directory):
     loaded = load_model(str(directory))
     return loaded.model.to(torch.float64), loaded.tokenizer

@@ -27,17 +27,23 @@ ending at a mismatch are generated.
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from unmemorize.errors import UserError
-
-ProgressCallback = Callable[[int, int], None]
+from unmemorize.metrics.decoding import (
+    ProgressCallback,
+    check_positive,
+    choose_argmax,
+    decode,
+    evaluating,
+    model_device,
+    teacher_forced_logits,
+    token_counter,
+)
 
 
 @dataclass
@@ -102,8 +108,8 @@ def token_accuracy(
 ) -> list[float]:
     """Memorization accuracy (MA) per sample: share of positions whose argmax is the true token."""
     sequences = _check_sequences(sequences)
-    _check_positive("batch_size", batch_size)
-    with _evaluating(model):
+    check_positive("batch_size", batch_size)
+    with evaluating(model):
         predictions = _teacher_forced_predictions(
             model, sequences, batch_size=batch_size, pad_token_id=pad_token_id, device=device
         )
@@ -127,9 +133,9 @@ def extraction_likelihood(
     """
     sequences = _check_sequences(sequences)
     ns = _check_ns(ns)
-    _check_positive("EL stride", stride)
-    _check_positive("batch_size", batch_size)
-    with _evaluating(model):
+    check_positive("EL stride", stride)
+    check_positive("batch_size", batch_size)
+    with evaluating(model):
         # The teacher-forced pass holds batch x T x vocab logits; a generation-sized batch of a
         # 262k-vocabulary model would need gigabytes, so it uses smaller batches.
         predictions = _teacher_forced_predictions(
@@ -161,10 +167,10 @@ def memorization(
     """
     sequences = _check_sequences(sequences)
     ns = _check_ns(ns) if compute_el else ()
-    _check_positive("EL stride", el_stride)
-    _check_positive("batch_size", batch_size)
-    _check_positive("el_batch_size", el_batch_size)
-    with _evaluating(model):
+    check_positive("EL stride", el_stride)
+    check_positive("batch_size", batch_size)
+    check_positive("el_batch_size", el_batch_size)
+    with evaluating(model):
         predictions = _teacher_forced_predictions(
             model, sequences, batch_size=batch_size, pad_token_id=pad_token_id
         )
@@ -205,48 +211,7 @@ def _check_ns(ns: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted(set(ns)))
 
 
-def _check_positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{name} must be an integer >= 1, got {value!r}")
-
-
 # --- model plumbing -----------------------------------------------------------------------
-
-
-@contextmanager
-def _evaluating(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) and no autograd, restoring the caller's training flag after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _accepts_kwarg(model: torch.nn.Module, name: str) -> bool:
-    """Whether the model's forward names ``name`` explicitly (looking through a PEFT wrapper,
-    whose own forward only has **kwargs)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return name in inspect.signature(inner.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _returned_cache(outputs) -> tuple[str, object] | None:
-    """The KV cache a forward returned and the keyword that feeds it back. Transformers 5
-    calls both ``cache``; earlier versions ``past_key_values``. None: the model keeps no cache."""
-    for name in ("cache", "past_key_values"):
-        cache = getattr(outputs, name, None)
-        if cache is not None:
-            return name, cache
-    return None
 
 
 def _teacher_forced_predictions(
@@ -258,26 +223,15 @@ def _teacher_forced_predictions(
     device: torch.device | str | None = None,
 ) -> list[list[int]]:
     """For each sample, argmax p(.|x_<t) for t = 1..T-1 (a list of T-1 token ids)."""
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     predictions: list[list[int]] = [[] for _ in sequences]
     # Similar lengths share a batch, so little compute goes to padding.
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        width = max(len(sequences[i]) for i in rows)
-        input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, i in enumerate(rows):
-            input_ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
-            attention_mask[row, : len(sequences[i])] = 1
-        # Right padding: causal attention never lets a real token see the pads after it.
-        position_ids = torch.arange(width).expand(len(rows), width)
-        logits = model(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            position_ids=position_ids.to(device),
-            use_cache=False,
-        ).logits
+        logits = teacher_forced_logits(
+            model, [sequences[i] for i in rows], pad_token_id=pad_token_id, device=device
+        )
         # Reduce to argmax at once: batch x T x vocab logits are large for big vocabularies.
         argmax = logits.argmax(dim=-1).cpu()
         del logits
@@ -289,69 +243,6 @@ def _teacher_forced_predictions(
 def _accuracy(sequence: list[int], predictions: list[int]) -> float:
     matches = sum(1 for t in range(1, len(sequence)) if predictions[t - 1] == sequence[t])
     return matches / (len(sequence) - 1)
-
-
-def _greedy_continuations(
-    model: torch.nn.Module,
-    prefixes: list[list[int]],
-    lengths: list[int],
-    *,
-    pad_token_id: int,
-    on_tokens: Callable[[int], None],
-) -> list[list[int]]:
-    """Greedy continuation of each prefix, ``lengths[row]`` tokens long, in one batch.
-
-    A plain argmax loop rather than ``model.generate``: generate merges the model's saved
-    generation config (sampling flags, repetition penalties, and an unset eos_token_id falls
-    back to the default and stops at end-of-text), any of which silently changes greedy
-    decoding. Here nothing but argmax picks a token and end-of-text is an ordinary token.
-    Left padding with an attention mask and position ids counted from the mask keeps each row
-    identical to decoding it alone. Models that return no KV cache get the whole sequence
-    each step.
-    """
-    device = _model_device(model)
-    rows, width = len(prefixes), max(len(p) for p in prefixes)
-    steps = max(lengths)
-    input_ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((rows, width), dtype=torch.long)
-    for row, prefix in enumerate(prefixes):
-        input_ids[row, width - len(prefix) :] = torch.tensor(prefix)
-        attention_mask[row, width - len(prefix) :] = 1
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    # Positions count real tokens only, so a left-padded row sees the positions it would alone.
-    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
-    # Only the last position's logits are needed; a full-vocabulary row per prefix token is not.
-    extra = {"logits_to_keep": 1} if _accepts_kwarg(model, "logits_to_keep") else {}
-
-    generated = torch.empty((rows, steps), dtype=torch.long, device=device)
-    step_ids, step_positions = input_ids, position_ids
-    cache: tuple[str, object] | None = None
-    for step in range(steps):
-        kwargs = dict(extra)
-        if cache is not None:
-            kwargs[cache[0]] = cache[1]
-        outputs = model(
-            input_ids=step_ids,
-            attention_mask=attention_mask,
-            position_ids=step_positions,
-            use_cache=True,
-            **kwargs,
-        )
-        next_tokens = outputs.logits[:, -1, :].argmax(dim=-1)
-        generated[:, step] = next_tokens
-        cache = _returned_cache(outputs)
-        del outputs
-        next_positions = position_ids[:, -1:] + 1
-        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
-        position_ids = torch.cat([position_ids, next_positions], dim=-1)
-        attention_mask = torch.cat([attention_mask, torch.ones_like(next_positions)], dim=-1)
-        if cache is not None:
-            step_ids, step_positions = next_tokens[:, None], next_positions
-        else:
-            step_ids, step_positions = input_ids, position_ids
-        on_tokens(sum(1 for length in lengths if length > step))
-    generated_rows = generated.cpu().tolist()
-    return [generated_rows[row][: lengths[row]] for row in range(rows)]
 
 
 def _extraction_likelihood(
@@ -393,22 +284,13 @@ def _extraction_likelihood(
     # Longest first, then by prefix length: rows of a batch need similar numbers of new tokens
     # (the costly part) and similar padding.
     to_generate.sort(key=lambda job: (tokens_needed(job), job[1]), reverse=True)
-    total = sum(tokens_needed(job) for job in to_generate)
-    done = 0
-    if progress is not None:
-        progress(0, total)
-
-    def on_tokens(count: int) -> None:
-        nonlocal done
-        done += count
-        if progress is not None:
-            progress(done, total)
-
+    on_tokens = token_counter(progress, sum(tokens_needed(job) for job in to_generate))
     for start in range(0, len(to_generate), batch_size):
         batch = to_generate[start : start + batch_size]
         prefixes = [sequences[i][:m] + [predictions[i][m - 1]] for i, m in batch]
-        generated = _greedy_continuations(
-            model, prefixes, [tokens_needed(job) for job in batch],
+        # Greedy: argmax picks every token and end-of-text does not stop it.
+        generated = decode(
+            model, prefixes, [tokens_needed(job) for job in batch], choose_argmax,
             pad_token_id=pad_token_id, on_tokens=on_tokens,
         )
         for (i, m), tokens in zip(batch, generated):

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import collections
 import csv
-import inspect
 import json
 import math
 import re
 import string
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,16 @@ import torch
 import torch.nn.functional as F
 
 from unmemorize.errors import UserError
+from unmemorize.metrics.decoding import (
+    accepts_kwarg,
+    at_least_float32,
+    check_positive,
+    decode,
+    evaluating,
+    model_device,
+    nucleus_mask,
+    teacher_forced_logits,
+)
 from unmemorize.paths import data_path
 
 Progress = Callable[[str, int, int], None]
@@ -81,9 +89,9 @@ def load_prompts(
     ``source``: a ``.csv`` with a ``text`` column (default: the shared ``reference/wikitext.csv``),
     a ``.jsonl`` with a ``text`` field, or a ``.txt`` with one document per non-empty line.
     """
-    _check_positive("prompt_tokens", prompt_tokens)
-    _check_positive("limit", limit)
-    _check_positive("reference_tokens", reference_tokens)
+    check_positive("prompt_tokens", prompt_tokens)
+    check_positive("limit", limit)
+    check_positive("reference_tokens", reference_tokens)
     path = _resolve_source(source, DEFAULT_PROMPTS, "--nlg-prompts")
     needed = prompt_tokens + reference_tokens
     pairs: list[tuple[str, str]] = []
@@ -190,8 +198,8 @@ def generate_continuations(
     saved generation config (top-k, repetition penalties), which would silently change the
     sampling this metric is defined by.
     """
-    _check_positive("max_new_tokens", max_new_tokens)
-    _check_positive("batch_size", batch_size)
+    check_positive("max_new_tokens", max_new_tokens)
+    check_positive("batch_size", batch_size)
     if not 0.0 <= top_p <= 1.0:
         raise UserError(f"top_p must be between 0 and 1, got {top_p!r}")
     if seed < 0:
@@ -203,7 +211,7 @@ def generate_continuations(
     pad_id = _pad_token_id(tokenizer)
     stop_ids = _stop_token_ids(model, tokenizer)
     continuations: list[str] = []
-    with _evaluating(model):
+    with evaluating(model):
         for start in range(0, len(prompts), batch_size):
             indices = range(start, min(start + batch_size, len(prompts)))
             uniforms = torch.stack([_prompt_uniforms(seed, i, max_new_tokens) for i in indices])
@@ -234,55 +242,20 @@ def _sample_batch(
     pad_id: int,
     stop_ids: list[int],
 ) -> list[list[int]]:
-    """New tokens of each row, up to (not including) its first stop token."""
-    device = _model_device(model)
-    rows, width, steps = len(prompts), max(len(p) for p in prompts), uniforms.shape[1]
-    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((rows, width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        attention_mask[row, width - len(prompt) :] = 1
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    """New tokens of each row, up to (not including) its first stop token; step s draws row
+    r's token with ``uniforms[r, s]``."""
+    device = model_device(model)
     uniforms = uniforms.to(device)
     stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
-    # Only the last position's logits are needed, not a vocabulary row per prompt token.
-    extra = {"logits_to_keep": 1} if _accepts_kwarg(model, "logits_to_keep") else {}
 
-    generated = torch.full((rows, steps), pad_id, dtype=torch.long, device=device)
-    finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    step_ids, step_positions, cache = input_ids, position_ids, None
-    for step in range(steps):
-        kwargs = dict(extra)
-        if cache is not None:
-            kwargs[cache[0]] = cache[1]
-        outputs = model(
-            input_ids=step_ids, attention_mask=attention_mask, position_ids=step_positions,
-            use_cache=True, **kwargs,
-        )
-        probs = torch.softmax(_at_least_float32(outputs.logits[:, -1, :]), dim=-1)
-        next_tokens = _nucleus_pick(probs, top_p, uniforms[:, step])
-        next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_id), next_tokens)
-        generated[:, step] = next_tokens
-        finished |= torch.isin(next_tokens, stop)
-        cache = _returned_cache(outputs)
-        del outputs, probs
-        if bool(finished.all()):
-            break
-        next_positions = position_ids[:, -1:] + 1
-        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
-        position_ids = torch.cat([position_ids, next_positions], dim=-1)
-        attention_mask = torch.cat([attention_mask, torch.ones_like(next_positions)], dim=-1)
-        if cache is not None:
-            step_ids, step_positions = next_tokens[:, None], next_positions
-        else:  # a model without a KV cache sees the whole sequence again
-            step_ids, step_positions = input_ids, position_ids
-    result = []
-    stop_set = set(stop_ids)
-    for row in generated.cpu().tolist():
-        end = next((i for i, token in enumerate(row) if token in stop_set), len(row))
-        result.append(row[:end])
-    return result
+    def choose_next(last_logits: torch.Tensor, step: int) -> torch.Tensor:
+        probs = torch.softmax(at_least_float32(last_logits), dim=-1)
+        return _nucleus_pick(probs, top_p, uniforms[:, step])
+
+    return decode(
+        model, prompts, [uniforms.shape[1]] * len(prompts), choose_next,
+        pad_token_id=pad_id, stop=lambda tokens: torch.isin(tokens, stop),
+    )
 
 
 def _nucleus_pick(probs: torch.Tensor, top_p: float, uniforms: torch.Tensor) -> torch.Tensor:
@@ -308,10 +281,7 @@ def _nucleus_pick(probs: torch.Tensor, top_p: float, uniforms: torch.Tensor) -> 
             settled = torch.ones_like(pending, dtype=torch.bool)
         if bool(settled.any()):
             kept = top_probs[settled]
-            mass_before = kept.cumsum(dim=-1) - kept
-            in_nucleus = mass_before < top_p
-            in_nucleus[:, 0] = True
-            picked = _invert_cdf(kept * in_nucleus, uniforms[pending[settled]])
+            picked = _invert_cdf(kept * nucleus_mask(kept, top_p), uniforms[pending[settled]])
             choice[pending[settled]] = top_ids[settled].gather(-1, picked[:, None]).squeeze(-1)
         pending = pending[~settled]
         k = min(vocab, k * 4)
@@ -421,6 +391,13 @@ def load_encoder(name: str = DEFAULT_ENCODER) -> Any:
         raise UserError(f"could not load encoder from {directory}: {_one_line(error)}") from None
 
 
+def _one_line(error: BaseException) -> str:
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__
+
+
 def _embed(encoder: Any, texts: Sequence[str]) -> np.ndarray:
     """Unit-length embeddings, one row per text."""
     return encoder.encode(
@@ -502,7 +479,7 @@ def perplexity(
     every real token's view), and are split further so that no forward holds more than
     ``LOGITS_BUDGET`` logits; the NLL is taken ``NLL_CHUNK`` positions at a time.
     """
-    _check_positive("batch_size", batch_size)
+    check_positive("batch_size", batch_size)
     if max_length < 2:
         raise UserError(f"max_length must be >= 2, got {max_length!r}")
     if contexts is not None and len(contexts) != len(texts):
@@ -524,35 +501,27 @@ def perplexity(
 
     vocab = _vocab_size(model, tokenizer)
     pad_id = _pad_token_id(tokenizer)
-    keeps_logits = _accepts_kwarg(model, "logits_to_keep")
-    device = _model_device(model)
+    keeps_logits = accepts_kwarg(model, "logits_to_keep")
+    device = model_device(model)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
     total_nll, total_tokens, done = 0.0, 0, 0
-    with _evaluating(model):
+    with evaluating(model):
         while done < len(order):
             rows, width, keep_from = _next_batch(
                 sequences, order, done, batch_size, vocab, keeps_logits
             )
-            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for row, i in enumerate(rows):
-                ids = sequences[i][0]
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention_mask[row, : len(ids)] = 1
-            position_ids = torch.arange(width).expand(len(rows), width)
             extra = {"logits_to_keep": width - keep_from} if keeps_logits else {}
-            logits = model(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                position_ids=position_ids.to(device), use_cache=False, **extra,
-            ).logits
+            logits = teacher_forced_logits(
+                model, [sequences[i][0] for i in rows], pad_token_id=pad_id, device=device, **extra
+            )
             offset = width - logits.shape[1]  # logits row j predicts token offset + j + 1
-            targets = input_ids.to(device)
             for row, i in enumerate(rows):
                 ids, first = sequences[i]
+                targets = torch.tensor(ids, device=device)
                 for start in range(first, len(ids), NLL_CHUNK):
                     end = min(start + NLL_CHUNK, len(ids))
-                    chunk = _at_least_float32(logits[row, start - 1 - offset : end - 1 - offset])
-                    nll = F.cross_entropy(chunk, targets[row, start:end], reduction="sum")
+                    chunk = at_least_float32(logits[row, start - 1 - offset : end - 1 - offset])
+                    nll = F.cross_entropy(chunk, targets[start:end], reduction="sum")
                     total_nll += float(nll.double())
                 total_tokens += len(ids) - first
             del logits
@@ -615,7 +584,7 @@ def dialogue_f1(
     model writes the next turn; the oldest turns are dropped until it fits
     ``max_prompt_tokens``. The generated turn ends at its first newline. Greedy by default.
     """
-    _check_positive("limit", limit)
+    check_positive("limit", limit)
     if source is None:
         raise UserError(
             "dialogue F1 needs a dialogue file (e.g. reference/wizard_of_wikipedia.json)"
@@ -755,59 +724,3 @@ def evaluate_nlg(
         )
     metrics["n"] = len(pairs)
     return metrics
-
-
-# --- model plumbing -----------------------------------------------------------------------
-
-
-@contextmanager
-def _evaluating(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) and no autograd, restoring the caller's training flag after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _accepts_kwarg(model: torch.nn.Module, name: str) -> bool:
-    """Whether the model's forward names ``name`` (looking through a PEFT wrapper, whose own
-    forward only has **kwargs)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return name in inspect.signature(inner.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _returned_cache(outputs: Any) -> tuple[str, Any] | None:
-    """The KV cache a forward returned and the keyword that feeds it back (transformers 5 calls
-    both ``cache``, earlier versions ``past_key_values``); None when the model keeps none."""
-    for name in ("cache", "past_key_values"):
-        cache = getattr(outputs, name, None)
-        if cache is not None:
-            return name, cache
-    return None
-
-
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    """Half-precision logits lose too much in softmax; float64 (tests) stays float64."""
-    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
-
-
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def _one_line(error: BaseException) -> str:
-    for line in str(error).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(error).__name__

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from unmemorize.errors import UserError
+from unmemorize.metrics.decoding import at_least_float32, evaluating, model_device, right_padded
 from unmemorize.paths import data_path
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -457,39 +458,23 @@ def loglikelihoods(
     ordered = sorted(sequences.items(), key=lambda item: -len(item[0]))
     results: list[ContinuationScore | None] = [None] * len(encoded)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = _model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for batch_start in range(0, len(ordered), batch_size):
-                batch = ordered[batch_start : batch_start + batch_size]
-                _score_batch(model, batch, pad_id, device, results)
-                if progress is not None:
-                    progress(min(batch_start + batch_size, len(ordered)), len(ordered))
-    finally:
-        model.train(was_training)
+    device = model_device(model)
+    with evaluating(model):
+        for batch_start in range(0, len(ordered), batch_size):
+            batch = ordered[batch_start : batch_start + batch_size]
+            _score_batch(model, batch, pad_id, device, results)
+            if progress is not None:
+                progress(min(batch_start + batch_size, len(ordered)), len(ordered))
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
 
 
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def _score_batch(model, batch, pad_id: int, device: torch.device, results: list) -> None:
-    width = len(batch[0][0])
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     # Right padding: causal attention keeps real tokens from seeing the pads, and positions
     # stay 0..n-1, so a sequence scores the same in any batch.
-    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    input_ids, attention_mask = right_padded([model_input for model_input, _ in batch], pad_id)
     rows, cols, targets, owners = [], [], [], []
-    for row, (model_input, requests) in enumerate(batch):
-        input_ids[row, : len(model_input)] = torch.tensor(model_input, dtype=torch.long)
-        attention_mask[row, : len(model_input)] = 1
+    for row, (_, requests) in enumerate(batch):
         for index, first_position, continuation_ids in requests:
             rows.extend([row] * len(continuation_ids))
             cols.extend(range(first_position, first_position + len(continuation_ids)))
@@ -498,8 +483,7 @@ def _score_batch(model, batch, pad_id: int, device: torch.device, results: list)
     rows_t = torch.tensor(rows, device=device)
     cols_t = torch.tensor(cols, device=device)
     logits = _selected_logits(model, input_ids.to(device), attention_mask.to(device), rows_t, cols_t)
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()  # log-softmax over a 262k vocabulary needs more than 8 mantissa bits
+    logits = at_least_float32(logits)  # log-softmax over 262k logits needs more than 8 mantissa bits
     targets_t = torch.tensor(targets, device=device)
     token_logprobs = logits.gather(1, targets_t[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
     token_greedy = logits.argmax(dim=-1) == targets_t

@@ -22,22 +22,27 @@ from __future__ import annotations
 import hashlib
 import math
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from unmemorize.errors import UserError
-from unmemorize.metrics.memorization import (
+from unmemorize.metrics.decoding import (
     ProgressCallback,
-    _accepts_kwarg,
+    at_least_float32,
+    check_positive,
+    choose_argmax,
+    decode,
+    evaluating,
+    model_device,
+    nucleus_mask,
+    teacher_forced_logits,
+    token_counter,
+)
+from unmemorize.metrics.memorization import (
     _check_ns,
-    _check_positive,
     _check_sequences,
-    _evaluating,
-    _greedy_continuations,
     _mean,
-    _model_device,
-    _returned_cache,
     memorization,
     ngram_overlap,
 )
@@ -86,35 +91,26 @@ def extractable(
     ``fraction_extractable`` is the share of scored samples that are ``exact`` (NaN when none
     was scored). ``progress(done, total)`` counts generated tokens.
     """
-    _check_positive("prefix_tokens", prefix_tokens)
-    _check_positive("suffix_tokens", suffix_tokens)
-    _check_positive("batch_size", batch_size)
+    check_positive("prefix_tokens", prefix_tokens)
+    check_positive("suffix_tokens", suffix_tokens)
+    check_positive("batch_size", batch_size)
     sequences = [[int(token) for token in seq] for seq in sequences]
     scored = [i for i, seq in enumerate(sequences) if len(seq) > prefix_tokens]
     skipped = [i for i, seq in enumerate(sequences) if len(seq) <= prefix_tokens]
     suffixes = {i: sequences[i][prefix_tokens : prefix_tokens + suffix_tokens] for i in scored}
 
-    total = sum(len(suffix) for suffix in suffixes.values())
-    done = 0
-    if progress is not None:
-        progress(0, total)
-
-    def on_tokens(count: int) -> None:
-        nonlocal done
-        done += count
-        if progress is not None:
-            progress(done, total)
-
+    on_tokens = token_counter(progress, sum(len(suffix) for suffix in suffixes.values()))
     # Equal suffix lengths share a batch, so no row generates tokens it throws away.
     order = sorted(scored, key=lambda i: len(suffixes[i]), reverse=True)
     generated: dict[int, list[int]] = {}
-    with _evaluating(model):
+    with evaluating(model):
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            continuations = _greedy_continuations(
+            continuations = decode(
                 model,
                 [sequences[i][:prefix_tokens] for i in batch],
                 [len(suffixes[i]) for i in batch],
+                choose_argmax,
                 pad_token_id=pad_token_id,
                 on_tokens=on_tokens,
             )
@@ -197,10 +193,10 @@ def membership_scores(
             f"{len(sequences)} sequences"
         )
     _check_percent(k_percent)
-    _check_positive("batch_size", batch_size)
+    check_positive("batch_size", batch_size)
 
     scores: dict[str, list[float]] = {name: [0.0] * len(sequences) for name in MIA_METRICS}
-    with _evaluating(model):
+    with evaluating(model):
         for i, token_log_probs, standardized in _token_statistics(
             model, sequences, batch_size=batch_size, pad_token_id=pad_token_id
         ):
@@ -229,25 +225,14 @@ def _token_statistics(
     pad_token_id: int,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield (sample index, l_t, z_t) per sample, l_t and z_t as CPU float64 tensors of T-1."""
-    device = _model_device(model)
+    device = model_device(model)
     # Similar lengths share a batch, so little compute goes to padding.
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        width = max(len(sequences[i]) for i in rows)
-        input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, i in enumerate(rows):
-            input_ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
-            attention_mask[row, : len(sequences[i])] = 1
-        # Right padding: causal attention never lets a real token see the pads after it.
-        position_ids = torch.arange(width).expand(len(rows), width)
-        logits = model(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            position_ids=position_ids.to(device),
-            use_cache=False,
-        ).logits
+        logits = teacher_forced_logits(
+            model, [sequences[i] for i in rows], pad_token_id=pad_token_id, device=device
+        )
         for row, i in enumerate(rows):
             # Logits at positions 0..T-2 predict targets x_1..x_{T-1}; later ones see padding.
             targets = torch.tensor(sequences[i][1:], device=logits.device)
@@ -272,8 +257,7 @@ def _position_statistics(
     vocabulary these reductions cost about as much as the forward pass (float32 relative error
     of the standardized score ~1e-6).
     """
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()  # half-precision softmax sums lose too many digits
+    logits = at_least_float32(logits)  # half-precision softmax sums lose too many digits
     shifted = logits - logits.amax(dim=-1, keepdim=True)  # a copy: the logits stay untouched
     target_shifted = shifted.gather(-1, targets[:, None]).squeeze(-1)
     # A -inf logit has probability exactly 0; clamping keeps 0 * -inf from becoming NaN and
@@ -388,8 +372,8 @@ def paper_extraction_likelihood(
     """
     sequences = _check_sequences(sequences)
     _check_ns((n,))
-    _check_positive("cut_every", cut_every)
-    _check_positive("batch_size", batch_size)
+    check_positive("cut_every", cut_every)
+    check_positive("batch_size", batch_size)
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise UserError(f"top_p must be in (0, 1], got {top_p!r}")
 
@@ -402,29 +386,18 @@ def paper_extraction_likelihood(
     ]
     # Longest continuations first: rows of a batch then need similar numbers of new tokens.
     jobs.sort(key=lambda job: (len(sequences[job[0]]) - job[1], job), reverse=True)
-    total = sum(len(sequences[i]) - cut for i, cut in jobs)
-    done = 0
-    if progress is not None:
-        progress(0, total)
-
-    def on_tokens(count: int) -> None:
-        nonlocal done
-        done += count
-        if progress is not None:
-            progress(done, total)
-
-    device = _model_device(model)
+    on_tokens = token_counter(progress, sum(len(sequences[i]) - cut for i, cut in jobs))
+    device = model_device(model)
     overlaps: dict[int, list[float]] = {i: [] for i in range(len(sequences))}
-    with _evaluating(model):
+    with evaluating(model):
         for start in range(0, len(jobs), batch_size):
             batch = jobs[start : start + batch_size]
             generators = [_job_generator(seed, i, cut, device) for i, cut in batch]
-            continuations = _sampled_continuations(
+            continuations = decode(
                 model,
                 [sequences[i][:cut] for i, cut in batch],
                 [len(sequences[i]) - cut for i, cut in batch],
-                generators=generators,
-                top_p=float(top_p),
+                lambda logits, _step: _top_p_sample(logits, float(top_p), generators),
                 pad_token_id=pad_token_id,
                 on_tokens=on_tokens,
             )
@@ -441,79 +414,14 @@ def _job_generator(seed: int, index: int, cut: int, device: torch.device) -> tor
     return generator
 
 
-def _sampled_continuations(
-    model: torch.nn.Module,
-    prefixes: list[list[int]],
-    lengths: list[int],
-    *,
-    generators: list[torch.Generator],
-    top_p: float,
-    pad_token_id: int,
-    on_tokens: Callable[[int], None],
-) -> list[list[int]]:
-    """Nucleus-sampled continuation of each prefix, ``lengths[row]`` tokens long, in one batch.
-
-    The same decoding plumbing as memorization._greedy_continuations (left padding, positions
-    counted from the mask, KV cache when the model returns one, end-of-text not special), with
-    a top-p draw from row's own generator in place of argmax. Not ``model.generate``: its merged
-    generation config can add penalties or stop at end-of-text.
-    """
-    device = _model_device(model)
-    rows, width = len(prefixes), max(len(p) for p in prefixes)
-    steps = max(lengths)
-    input_ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((rows, width), dtype=torch.long)
-    for row, prefix in enumerate(prefixes):
-        input_ids[row, width - len(prefix) :] = torch.tensor(prefix)
-        attention_mask[row, width - len(prefix) :] = 1
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
-    extra = {"logits_to_keep": 1} if _accepts_kwarg(model, "logits_to_keep") else {}
-
-    generated = torch.empty((rows, steps), dtype=torch.long, device=device)
-    step_ids, step_positions = input_ids, position_ids
-    cache: tuple[str, object] | None = None
-    for step in range(steps):
-        kwargs = dict(extra)
-        if cache is not None:
-            kwargs[cache[0]] = cache[1]
-        outputs = model(
-            input_ids=step_ids,
-            attention_mask=attention_mask,
-            position_ids=step_positions,
-            use_cache=True,
-            **kwargs,
-        )
-        next_tokens = _top_p_sample(outputs.logits[:, -1, :], top_p, generators)
-        generated[:, step] = next_tokens
-        cache = _returned_cache(outputs)
-        del outputs
-        next_positions = position_ids[:, -1:] + 1
-        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
-        position_ids = torch.cat([position_ids, next_positions], dim=-1)
-        attention_mask = torch.cat([attention_mask, torch.ones_like(next_positions)], dim=-1)
-        if cache is not None:
-            step_ids, step_positions = next_tokens[:, None], next_positions
-        else:
-            step_ids, step_positions = input_ids, position_ids
-        on_tokens(sum(1 for length in lengths if length > step))
-    generated_rows = generated.cpu().tolist()
-    return [generated_rows[row][: lengths[row]] for row in range(rows)]
-
-
 def _top_p_sample(
     logits: torch.Tensor, top_p: float, generators: list[torch.Generator]
 ) -> torch.Tensor:
     """One token per row of [rows, V] logits from the top-p nucleus; row r draws with
     generators[r]."""
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    probs = torch.softmax(logits, dim=-1)
+    probs = torch.softmax(at_least_float32(logits), dim=-1)
     sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True)
-    # Keep a token while the mass ranked above it is still short of top_p; the top token always
-    # stays, so top_p -> 0 is greedy.
-    mass_above = sorted_probs.cumsum(dim=-1) - sorted_probs
-    sorted_probs = sorted_probs.masked_fill(mass_above >= top_p, 0.0)
+    sorted_probs = sorted_probs.masked_fill(~nucleus_mask(sorted_probs, top_p), 0.0)
     tokens = torch.empty(len(generators), dtype=torch.long, device=logits.device)
     for row, generator in enumerate(generators):
         # Per-row draws keep each row's randomness independent of what it is batched with.
