@@ -13,6 +13,7 @@ import click
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -138,8 +139,8 @@ def _means_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> Table:
     keys = list(rows[0][1])
     for key in keys:
         table.add_column(key.upper().replace("_", "-"), justify="right")
-    for label, means in rows:
-        table.add_row(label, *(f"{means[k]:.3f}" for k in keys))
+    for label, means in rows:  # EL is measured after an epoch only when asked: "-" otherwise
+        table.add_row(label, *(f"{means[k]:.3f}" if k in means else "-" for k in keys))
     return table
 
 
@@ -189,6 +190,10 @@ def unlearn(
     allow_pickle: bool = typer.Option(False, help="Allow loading pickle-based weights (.bin): runs code in the file."),
     trust_remote_code: bool = typer.Option(False, help="Allow model code from the model's repository to run."),
     cpu: bool = typer.Option(False, help="Run on the CPU even when a GPU is present."),
+    max_examples: Optional[int] = typer.Option(None, help="Refuse a forget set of more than N examples (--limit truncates instead)."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Write a checkpoint every N optimizer steps (to --checkpoint-dir)."),
+    checkpoint_dir: Optional[Path] = typer.Option(None, help="Where checkpoints go (default: OUT.checkpoint). Removed once OUT is written."),
+    resume: bool = typer.Option(False, help="Continue the run whose checkpoint is in --checkpoint-dir (default OUT.checkpoint); training options must be the same."),
     run_eval_after: bool = typer.Option(False, "--eval", help="Run the evaluation suite on the result beside the original (writes OUT/eval.json)."),
     eval_suites: str = typer.Option("memorization,nlu,nlg", help="Suites for --eval."),
     eval_quick: bool = typer.Option(True, "--eval-quick/--eval-full", help="--eval with the quick setting of `unmemorize eval --quick`."),
@@ -197,7 +202,7 @@ def unlearn(
 
     Deliberate imagination (--method di) distils the model into itself with the memorized
     token's logit lowered by --strength."""
-    from .train import UnlearnConfig, unlearn as run_unlearn
+    from .train import Interrupted, UnlearnConfig, unlearn as run_unlearn
 
     cfg = UnlearnConfig(
         forget=_default_forget(forget), model=model, out=str(out_dir) if out_dir else None,
@@ -211,19 +216,14 @@ def unlearn(
         el_n=list(el_n), el_stride=el_stride, el_every_epoch=el_every_epoch,
         eval_batch_size=eval_batch_size, el_batch_size=el_batch_size, stop_ma=stop_ma,
         stop_el=stop_el, reference=reference, reference_limit=reference_limit, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, cpu=cpu,
+        max_examples=max_examples, checkpoint_every=checkpoint_every,
+        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, resume=resume,
     )
-    if run_eval_after and not cfg.out:
-        raise UserError("--eval needs --out: the evaluation runs on the saved model")
-    metrics = run_unlearn(cfg, RichReporter())
-    rows = [("before", metrics["before"]["mean"])]
-    rows += [(f"epoch {h['epoch']}", {k: v for k, v in h.items() if k not in ("epoch", "step")}) for h in metrics["epochs"]]
-    out.print(_means_table(f"Memorization of the forget set ({len(metrics['before']['samples'])} sequences)", rows))
-    out.print(f"stopped: {metrics['stopped_because']}; wall time {metrics['wall_time_s']:.0f} s; "
-              f"peak memory {metrics['peak_memory_mb'] / 1024:.1f} GiB")
-    if cfg.out:
-        out.print(f"unlearned model written to {cfg.out}")
+    eval_cfg = None
     if run_eval_after:
-        from .evaluate import EvalConfig, quick_settings
+        if not cfg.out:
+            raise UserError("--eval needs --out: the evaluation runs on the saved model")
+        from .evaluate import EvalConfig, check_inputs, quick_settings
 
         eval_cfg = EvalConfig(
             model=cfg.out, original=cfg.model, forget=cfg.forget,
@@ -233,6 +233,23 @@ def unlearn(
         )
         if eval_quick:
             quick_settings(eval_cfg)
+        # Unknown suites or missing evaluation data fail now, not after the training they follow.
+        eval_cfg.validate()
+        check_inputs(eval_cfg)
+    try:
+        metrics = run_unlearn(cfg, RichReporter())
+    except Interrupted as error:  # Ctrl-C in training: say where the checkpoint is
+        err.print(str(error), highlight=False, soft_wrap=True, markup=False)
+        raise SystemExit(130) from None  # typer would turn KeyboardInterrupt into a silent return
+    rows = [("before", metrics["before"]["mean"])]
+    rows += [(f"epoch {h['epoch']}", {k: v for k, v in h.items() if k not in ("epoch", "step")}) for h in metrics["epochs"]]
+    rows.append(("after", metrics["after"]["mean"]))
+    out.print(_means_table(f"Memorization of the forget set ({len(metrics['before']['samples'])} sequences)", rows))
+    out.print(f"stopped: {metrics['stopped_because']}; wall time {metrics['wall_time_s']:.0f} s; "
+              f"peak memory {metrics['peak_memory_mb'] / 1024:.1f} GiB")
+    if cfg.out:
+        out.print(f"unlearned model written to {cfg.out}")
+    if eval_cfg is not None:
         run_evaluation(eval_cfg, Path(cfg.out) / "eval.json")
 
 
@@ -355,7 +372,7 @@ def eval_command(
     nlg_limit: int = typer.Option(100, help="Prompts to continue."),
     nlg_max_new_tokens: int = typer.Option(128, help="Tokens generated per prompt."),
     nlg_heldout_limit: int = typer.Option(200, help="WikiText documents for held-out perplexity (0 skips it)."),
-    quick: bool = typer.Option(False, help="Quick setting for 2 CPU cores: --nlu-limit 100 --nlg-limit 32 --nlg-max-new-tokens 64 --nlg-heldout-limit 50 --el-stride 40."),
+    quick: bool = typer.Option(False, help="Quick setting for 2 CPU cores: --nlu-limit 50 --nlg-limit 32 --nlg-max-new-tokens 64 --nlg-heldout-limit 20 --el-stride 40."),
     seed: int = typer.Option(0, help="Seed of every sampled quantity."),
     batch_size: int = typer.Option(8, help="Sequences per teacher-forced pass."),
     el_batch_size: int = typer.Option(64, help="Prefixes decoded together."),
@@ -412,9 +429,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
     _quiet_libraries()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except UserError as error:
-        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        # Escaped: paths and patterns in the message may hold [brackets] that are not markup.
+        err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except click.exceptions.Abort:
         err.print("interrupted")
@@ -425,6 +443,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    # Without standalone mode typer returns exit codes instead of exiting: Ctrl-C comes back as 130.
+    if isinstance(code, int) and code != 0:
+        if code == 130:
+            err.print("interrupted")
+        sys.exit(code)
 
 
 if __name__ == "__main__":

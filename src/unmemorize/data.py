@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,16 +103,17 @@ def _parse_spans(raw: object, where: str, text: str) -> list[Span]:
         return spans
     if not isinstance(raw, list):
         raise UserError(f"{where}: 'spans' must be a list of [start, end] pairs")
-    for item in raw:
+    for number, item in enumerate(raw, start=1):
         if isinstance(item, dict):
             item = [item.get("start"), item.get("end")]
-        if (
-            not isinstance(item, (list, tuple))
-            or len(item) != 2
-            or not all(isinstance(v, int) for v in item)
-            or not 0 <= item[0] < item[1] <= len(text)
-        ):
-            raise UserError(f"{where}: bad span {item!r} (need 0 <= start < end <= len(text))")
+        pair = isinstance(item, (list, tuple)) and len(item) == 2 and all(type(v) is int for v in item)
+        if not pair or not 0 <= item[0] < item[1] <= len(text):
+            # Echo the span only when it is two integers: anything else may be forget-set text.
+            shown = f"{list(item)} " if pair else ""
+            raise UserError(
+                f"{where}: bad span #{number} {shown}(need [start, end] integers with "
+                f"0 <= start < end <= {len(text)}, the text's length)"
+            )
         spans.append((item[0], item[1]))
     return spans
 
@@ -147,13 +150,21 @@ def _load_csv(path: Path, text_column: str) -> list[Example]:
     csv.field_size_limit(sys.maxsize)  # Pile documents exceed the 128 KiB default
     rows = list(csv.DictReader(_read_text(path).splitlines(keepends=True)))
     if not rows or text_column not in rows[0]:
-        columns = ", ".join(c for c in (rows[0].keys() if rows else []) if c) or "none"
-        raise UserError(f"{path.name} has no {text_column!r} column (columns: {columns})")
+        columns = ", ".join(_column_label(c, i) for i, c in enumerate(rows[0].keys() if rows else []) if c) or "none"
+        raise UserError(f"{path.name} has no {text_column!r} column (columns: {columns}); pass --text-column")
     examples = []
     for index, row in enumerate(rows):
         ident = row.get("doc_id") or row.get("id") or str(index)
         examples.append(Example(text=row[text_column] or "", id=str(ident)))
     return examples
+
+
+def _column_label(name: str, index: int) -> str:
+    """A CSV header name as it may appear in a message. A file without a header has data as
+    its first row (possibly a secret), so only short identifier-like names are shown."""
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,23}", name):
+        return repr(name)
+    return f"<column {index + 1}>"
 
 
 def _load_text(path: Path, split: str) -> list[Example]:
@@ -199,16 +210,25 @@ def _records_to_examples(records, text_column: str, name: str) -> list[Example]:
 def _load_dataset_dir(path: Path, text_column: str) -> list[Example]:
     import datasets
 
-    try:
-        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
-            records = datasets.load_from_disk(str(path))
-        else:
-            records = datasets.load_dataset(str(path), split="train")
-    except (FileNotFoundError, ValueError) as err:
-        raise UserError(f"cannot load dataset directory {path}: {err}") from None
-    if isinstance(records, datasets.DatasetDict):
-        records = records["train"] if "train" in records else next(iter(records.values()))
-    return _records_to_examples(records, text_column, str(path))
+    # load_dataset converts data files into Arrow files under its cache, which would leave a copy
+    # of the forget set on disk after the run: build them in a temporary folder removed at once
+    # (the records are kept in memory, so no open mapping holds the files).
+    with tempfile.TemporaryDirectory(prefix="unmemorize-data-") as cache:
+        try:
+            if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+                records = datasets.load_from_disk(str(path))
+            else:
+                records = datasets.load_dataset(str(path), split="train", cache_dir=cache, keep_in_memory=True)
+        except Exception as err:  # datasets raises many types; their messages may quote the data
+            detail = f": {_first_line(err)}" if isinstance(err, FileNotFoundError) else ""
+            raise UserError(f"cannot load dataset directory {path} ({type(err).__name__}){detail}") from None
+        if isinstance(records, datasets.DatasetDict):
+            records = records["train"] if "train" in records else next(iter(records.values()))
+        return _records_to_examples(records, text_column, str(path))
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:200]
 
 
 def _load_hub_dataset(spec: str, text_column: str) -> list[Example]:

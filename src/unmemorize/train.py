@@ -3,17 +3,22 @@
 The whole optimizer step is in `_optimizer_step`: teacher forward (when the method needs one),
 student forward, the method's loss sum divided by the step's total target weight, backward,
 clipping, update. Everything else here is set-up (model, data, focus, LoRA or a frozen teacher)
-and bookkeeping (memorization after each epoch, early stop, atomic output)."""
+and bookkeeping (memorization after each epoch, early stop, checkpoints, atomic output).
+
+A run can be killed at any moment: with ``checkpoint_every`` it leaves a checkpoint (see
+`checkpoint`) that ``resume`` continues to the same final weights, bit for bit on a CPU."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import os
 import resource
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import __version__
+from . import checkpoint
 from .data import collate, load_examples, tokenize_examples
 from .errors import UserError
 from .focus import Focus, focus_spans, target_weights
@@ -83,6 +89,10 @@ class UnlearnConfig:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     cpu: bool = False
+    max_examples: int | None = None  # refuse a larger forget set (--limit truncates instead)
+    checkpoint_every: int | None = None  # optimizer steps between checkpoints
+    checkpoint_dir: str | None = None  # default: <out>.checkpoint
+    resume: bool = False
 
     def validate(self) -> None:
         positive = {
@@ -101,8 +111,12 @@ class UnlearnConfig:
         for name, value in non_negative.items():
             if not value >= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0, not {value}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UserError(f"--max-steps must be at least 1, not {self.max_steps}")
+        for name in ("max_steps", "limit", "max_examples", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+        if self.max_length < 2:
+            raise UserError(f"--max-length must be at least 2, not {self.max_length}")
         if not 0 <= self.lora_dropout < 1:
             raise UserError(f"--lora-dropout must be in [0, 1), not {self.lora_dropout}")
         if self.optimizer not in ("adamw", "sgd"):
@@ -124,7 +138,18 @@ class UnlearnConfig:
             raise UserError(f"--reference-limit must be at least 1, not {self.reference_limit}")
         if self.save_adapter and not self.lora:
             raise UserError("--save-adapter needs --lora (a full fine-tune has no adapter)")
+        if (self.checkpoint_every or self.resume) and not (self.out or self.checkpoint_dir):
+            flag = "--resume" if self.resume else "--checkpoint-every"
+            raise UserError(f"{flag} needs --out or --checkpoint-dir: checkpoints live in <out>.checkpoint")
         Focus.parse(self.focus)
+
+
+class TrainingDiverged(UserError):
+    """The loss or a weight stopped being finite; the message names the last good checkpoint."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says where the checkpoint to resume from is."""
 
 
 @dataclass
@@ -180,15 +205,134 @@ def _peak_memory_mb() -> float:
     return peak
 
 
-def _prepare_output_dir(config: UnlearnConfig, model_path: str) -> Path | None:
-    if config.out is None:
-        return None
-    out = Path(config.out).expanduser().resolve()
-    if Path(model_path).exists() and out == Path(model_path).resolve():
-        raise UserError(f"--out {out} is the input model's directory; the input is never modified")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.overwrite:
-        raise UserError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
-    return out
+def _inside(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
+
+
+def _check_paths(config: UnlearnConfig) -> tuple[Path | None, Path | None]:
+    """Where the output and the checkpoints go. Refuses any place whose writing or replacing
+    (--overwrite) would touch the input model or the forget data."""
+    inputs = {}
+    for label, given in (("the input model", config.model), ("the forget data", config.forget)):
+        path = Path(given).expanduser()
+        if not str(given).startswith("hf:") and path.exists():
+            inputs[label] = path.resolve()
+    out = checkpoints = None
+    if config.out is not None:
+        out = Path(config.out).expanduser().resolve()
+        for label, path in inputs.items():
+            if _inside(out, path):
+                raise UserError(f"--out {out} is {label} or inside its directory; inputs are never modified")
+            if _inside(path, out):
+                raise UserError(f"--out {out} contains {label}; writing the output there would replace it")
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file; pass a directory")
+        if out.exists() and any(out.iterdir()) and not config.overwrite:
+            raise UserError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+    if config.checkpoint_dir is not None:
+        checkpoints = Path(config.checkpoint_dir).expanduser().resolve()
+    elif out is not None:
+        checkpoints = out.with_name(out.name + ".checkpoint")
+    if checkpoints is not None:
+        for label, path in inputs.items():
+            if _inside(checkpoints, path):
+                raise UserError(f"--checkpoint-dir {checkpoints} is {label} or inside its directory; inputs are never modified")
+        if out is not None and (_inside(checkpoints, out) or _inside(out, checkpoints)):
+            raise UserError(f"--checkpoint-dir {checkpoints} and --out {out} must be separate directories")
+        if checkpoints.exists() and not checkpoints.is_dir():
+            raise UserError(f"--checkpoint-dir {checkpoints} is a file; pass a directory")
+    return out, checkpoints
+
+
+# Options that may change between a run and its --resume: where things go, how evaluation is
+# batched, what may be loaded. Everything else shapes the training trajectory and must match.
+# The forget file is compared by the tokens it gives (the data fingerprint), not by its path.
+_RESUME_MAY_CHANGE = {
+    "out", "overwrite", "checkpoint_every", "checkpoint_dir", "resume", "eval_batch_size",
+    "el_batch_size", "cpu", "allow_pickle", "trust_remote_code", "max_examples", "forget",
+}
+_OPTION_NAMES = {"imagination_strength": "strength"}
+
+
+def _check_resume_config(saved: dict, requested: dict, path: Path) -> None:
+    requested = json.loads(json.dumps(requested))  # the same types the checkpoint holds
+    for name, value in requested.items():
+        if name in _RESUME_MAY_CHANGE or saved.get(name) == value:
+            continue
+        option = "--" + _OPTION_NAMES.get(name, name).replace("_", "-")
+        raise UserError(
+            f"--resume: {option} is {value!r} here but {saved.get(name)!r} in the checkpoint {path}; "
+            "resume with the same value (or start over with --overwrite)"
+        )
+
+
+def _find_resume(config: UnlearnConfig, directory: Path | None, requested: dict) -> Path | None:
+    """The checkpoint to resume from (None for a fresh run); refuses to silently discard one."""
+    found = checkpoint.latest(directory) if directory is not None else None
+    if config.resume:
+        if found is None:
+            raise UserError(f"--resume: no checkpoint in {directory}; run without --resume to start")
+        _check_resume_config(checkpoint.read_state(found).get("config", {}), requested, found)
+        return found
+    if found is not None and not config.overwrite:
+        raise UserError(
+            f"{directory} holds a checkpoint of an unfinished run ({found.name}); pass --resume to "
+            "continue it, or --overwrite to discard it and start over"
+        )
+    return None
+
+
+def _data_fingerprint(tokenized: list, weights: list[list[float]], trainable: list[int]) -> str:
+    """A hash of exactly what training sees (token ids and target weights): resuming on other
+    data, another tokenizer or another focus is refused. A hash, so no text is stored."""
+    digest = hashlib.sha256()
+    for i in trainable:
+        digest.update(json.dumps([tokenized[i].input_ids, weights[i]]).encode())
+    return digest.hexdigest()
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    """A fresh permutation each epoch, drawn from (seed, epoch) alone: a resumed run finds the
+    order of any epoch without replaying the ones before it. Accelerate calls set_epoch."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        # hash() of a tuple of ints is the same in every process and run (no hash randomization).
+        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)) & 0xFFFF_FFFF_FFFF_FFFF)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class _DeferSigint:
+    """Ctrl-C during an optimizer step takes effect once the step is complete, so a checkpoint
+    never holds half an update. A second Ctrl-C aborts at once (and nothing is saved)."""
+
+    def __enter__(self) -> "_DeferSigint":
+        self.received = False
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: Python delivers signals elsewhere
+            self.previous = None
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = True
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        if self.received and exc_type is None:
+            raise KeyboardInterrupt
+        return False
 
 
 def _lr_lambda(warmup_steps: int) -> Callable[[int], float]:
@@ -205,22 +349,29 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
     config.validate()
     started = time.time()
     method = get_method(config.method, imagination_strength=config.imagination_strength)
+    out_dir, checkpoint_dir = _check_paths(config)
+    requested = asdict(config)  # as given: before 'auto' thresholds and LoRA targets are resolved
+    resume_from = _find_resume(config, checkpoint_dir, requested)
     accelerator = Accelerator(cpu=config.cpu)
-    out_dir = _prepare_output_dir(config, config.model)
     set_seed(config.seed)
 
-    # --- model and data -------------------------------------------------------------------
+    # --- data and model (data first: a bad file fails before a large model loads) ---------
+    examples = load_examples(
+        config.forget, split=config.split, text_column=config.text_column,
+        npy_tokenizer=config.npy_tokenizer, limit=config.limit,
+    )
+    if config.max_examples is not None and len(examples) > config.max_examples:
+        raise UserError(
+            f"the forget set has {len(examples)} examples, more than --max-examples {config.max_examples}; "
+            "pass a smaller set, --limit N to use the first N, or a larger --max-examples"
+        )
+    focus = Focus.parse(config.focus)
     loaded = load_model(
         config.model, device=str(accelerator.device), allow_pickle=config.allow_pickle,
         trust_remote_code=config.trust_remote_code, progress=reporter.message,
     )
     model, tokenizer = loaded.model, loaded.tokenizer
-    examples = load_examples(
-        config.forget, split=config.split, text_column=config.text_column,
-        npy_tokenizer=config.npy_tokenizer, limit=config.limit,
-    )
     tokenized = tokenize_examples(examples, tokenizer, config.max_length)
-    focus = Focus.parse(config.focus)
     weights, without_focus = target_weights(
         tokenized, focus_spans(examples, focus), config.focus_mode, config.focus_weight
     )
@@ -239,6 +390,7 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
             reporter.message(f"{len(without_focus)} sequences have no token in focus ({focus}): ids {ids}")
     sequences = [t.input_ids for t in tokenized]
     pad_id = tokenizer.pad_token_id
+    fingerprint = _data_fingerprint(tokenized, weights, trainable)
     reporter.message(
         f"forget set: {len(tokenized)} sequences, {sum(map(len, sequences))} tokens "
         f"(max {config.max_length} per sequence); training on {len(trainable)}"
@@ -258,10 +410,24 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
         # Every process needs the numbers for the stop rule; only one computes them.
         return broadcast_object_list([result])[0]
 
-    before = evaluate("before")
-    reference_levels = _resolve_auto_thresholds(
-        config, tokenizer, reporter, lambda seqs, with_el: evaluate("unseen text", with_el, on=seqs)
-    )
+    resumed = None
+    if resume_from is not None:
+        resumed = checkpoint.load(resume_from)
+        if resumed.state["data_fingerprint"] != fingerprint:
+            raise UserError(
+                f"--resume: the forget set, tokenizer or focus gives other training data than the run "
+                f"in {resume_from}; resume with the same --forget, --model and focus options"
+            )
+        # What the interrupted run resolved ('auto' thresholds, LoRA targets) and measured.
+        for name in ("stop_ma", "stop_el", "lora_targets"):
+            setattr(config, name, resumed.state["resolved_config"][name])
+        before_json, reference_levels = resumed.state["before"], resumed.state["reference_levels"]
+        reporter.message(f"resuming from step {resumed.state['step']} ({resume_from})")
+    else:
+        before_json = evaluate("before").to_json()
+        reference_levels = _resolve_auto_thresholds(
+            config, tokenizer, reporter, lambda seqs, with_el: evaluate("unseen text", with_el, on=seqs)
+        )
 
     # --- student and teacher --------------------------------------------------------------
     teacher = None
@@ -279,7 +445,14 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
         # teacher logits would cost sequences x length x vocabulary floats instead: 6.7 GB for 32
         # sequences of 200 tokens over Gemma's 262k vocabulary, and grow with the forget set.
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    named_trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    parameters = list(named_trainable.values())
+    if resumed is not None:
+        if set(resumed.trainable) != set(named_trainable):
+            raise UserError(f"--resume: the checkpoint {resume_from} holds other parameters than this model trains")
+        with torch.no_grad():
+            for name, p in named_trainable.items():
+                p.copy_(resumed.trainable[name])
     reporter.message(
         f"trainable parameters: {sum(p.numel() for p in parameters):,} "
         f"({'LoRA r=%d on %s' % (config.lora_r, ', '.join(config.lora_targets)) if config.lora else 'full fine-tuning'})"
@@ -292,11 +465,15 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
 
     dataset = [(tokenized[i], weights[i]) for i in trainable]
     loader = DataLoader(
-        dataset, batch_size=config.batch_size, shuffle=True,
+        dataset, batch_size=config.batch_size, sampler=EpochShuffle(len(dataset), config.seed),
+        # The loader's own seed draw comes from here, not from the global RNG that dropout uses.
         generator=torch.Generator().manual_seed(config.seed),
         collate_fn=lambda rows: collate([r[0] for r in rows], [r[1] for r in rows], pad_id),
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if resumed is not None:
+        optimizer.load_state_dict(resumed.trainer["optimizer"])
+        scheduler.load_state_dict(resumed.trainer["scheduler"])
     if teacher is not None:
         teacher = teacher.to(accelerator.device)
 
@@ -345,62 +522,156 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
     history: list[dict] = []
     steps: list[StepRecord] = []
     step, stopped_because, last_eval = 0, "epochs", None
+    # Where the last completed step left off: its epoch, the batches of that epoch it consumed,
+    # and the random state after it. A checkpoint is always of this point.
+    position = {"epoch": 1, "batches": 0, "rng": checkpoint.capture_rng()}
+    newest_checkpoint = None  # (path, step) of the newest checkpoint on disk
+    earlier_wall_time = 0.0
+    pending_rng = None
+    if resumed is not None:
+        state = resumed.state
+        step, history = state["step"], state["history"]
+        steps = [StepRecord(**s) for s in state["steps"]]
+        position = {"epoch": state["epoch"], "batches": state["batches_done"], "rng": resumed.trainer["rng"]}
+        newest_checkpoint = (resume_from, step)
+        earlier_wall_time = state["wall_time_s"]
+        pending_rng = resumed.trainer["rng"]
+    elif checkpoint_dir is not None and accelerator.is_main_process:
+        checkpoint.remove(checkpoint_dir)  # an unfinished run's, discarded with --overwrite
+
+    def save_checkpoint() -> Path:
+        net = accelerator.unwrap_model(model)
+        state = {
+            "step": step, "epoch": position["epoch"], "batches_done": position["batches"],
+            # An epoch's evaluation is redone on resume when the checkpoint is inside that epoch.
+            "history": [h for h in history if h["epoch"] < position["epoch"]],
+            "steps": [asdict(s) for s in steps], "before": before_json,
+            "reference_levels": reference_levels, "config": requested, "resolved_config": asdict(config),
+            "data_fingerprint": fingerprint, "wall_time_s": earlier_wall_time + time.time() - started,
+        }
+        trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": position["rng"]}
+        trainable_now = {name: p for name, p in net.named_parameters() if p.requires_grad}
+        return checkpoint.save(checkpoint_dir, step, trainable_now, trainer, state)
+
+    def stop_if_not_finite(loss: float | None) -> None:
+        bad = None
+        if loss is not None and not math.isfinite(loss):
+            bad = f"the loss is {loss}"
+        else:
+            bad = next((f"weight {name} is not finite" for name, p in named_trainable.items()
+                        if not torch.isfinite(p).all()), None)
+        if bad is None:
+            return
+        if newest_checkpoint is not None:
+            kept = f"last good checkpoint: {newest_checkpoint[0]} (step {newest_checkpoint[1]})"
+        else:
+            kept = "no checkpoint was written (--checkpoint-every N keeps one)"
+        raise TrainingDiverged(f"training diverged at step {step}: {bad}; lower --lr; {kept}")
+
+    start_epoch, skip_batches = position["epoch"], position["batches"]
+    in_step = False
     reporter.start_training(total_steps)
     model.train()
-    for epoch in range(1, config.epochs + 1):
-        micro: list[dict] = []
-        window_tokens, window_start = 0, time.time()
-        for index, batch in enumerate(loader):
-            micro.append(batch)
-            window_tokens += int(batch["attention_mask"].sum())
-            if len(micro) < config.grad_accum and index < len(loader) - 1:
-                continue
-            loss = _optimizer_step(micro)
-            micro = []
-            step += 1
-            if loss is not None and not math.isfinite(loss):
-                raise UserError(f"training diverged at step {step}: the loss is {loss}; lower --lr")
-            elapsed = max(time.time() - window_start, 1e-9)
-            record = StepRecord(step, epoch, loss if loss is not None else float("nan"),
-                                scheduler.get_last_lr()[0],
-                                window_tokens * accelerator.num_processes / elapsed)
-            steps.append(record)
-            reporter.step(record)
+    try:
+        for epoch in range(start_epoch, config.epochs + 1):
+            loader.set_epoch(epoch)
+            micro: list[dict] = []
             window_tokens, window_start = 0, time.time()
-            if step >= total_steps:
+            for index, batch in enumerate(loader):
+                if epoch == start_epoch and index < skip_batches:
+                    continue  # done before the resume; skipping costs only the collation
+                if step >= total_steps:
+                    break
+                if pending_rng is not None:
+                    checkpoint.restore_rng(pending_rng)
+                    pending_rng = None
+                micro.append(batch)
+                window_tokens += int(batch["attention_mask"].sum())
+                if len(micro) < config.grad_accum and index < len(loader) - 1:
+                    continue
+                with _DeferSigint():
+                    in_step = True
+                    loss = _optimizer_step(micro)
+                    micro = []
+                    step += 1
+                    elapsed = max(time.time() - window_start, 1e-9)
+                    record = StepRecord(step, epoch, loss if loss is not None else float("nan"),
+                                        scheduler.get_last_lr()[0],
+                                        window_tokens * accelerator.num_processes / elapsed)
+                    steps.append(record)
+                    position = {"epoch": epoch, "batches": index + 1, "rng": checkpoint.capture_rng()}
+                    in_step = False
+                stop_if_not_finite(loss)  # before the checkpoint: the last good one is kept
+                if config.checkpoint_every and step % config.checkpoint_every == 0 and accelerator.is_main_process:
+                    newest_checkpoint = (save_checkpoint(), step)
+                reporter.step(record)
+                window_tokens, window_start = 0, time.time()
+                if step >= total_steps:
+                    break
+            if pending_rng is not None:  # resumed at the end of an epoch: its evaluation is next
+                checkpoint.restore_rng(pending_rng)
+                pending_rng = None
+            reporter.end_training()
+            last_eval = evaluate(f"epoch {epoch}", with_el=epoch_el)
+            history.append({"epoch": epoch, "step": step, **last_eval.means()})
+            if _below_thresholds(last_eval.means(), config):
+                stopped_because = "memorization below --stop-ma/--stop-el"
                 break
+            if step >= total_steps:
+                stopped_because = "max steps" if config.max_steps and step >= config.max_steps else "epochs"
+                break
+            reporter.start_training(total_steps)
+            model.train()
+    except KeyboardInterrupt:
         reporter.end_training()
-        last_eval = evaluate(f"epoch {epoch}", with_el=epoch_el)
-        history.append({"epoch": epoch, "step": step, **last_eval.means()})
-        if _below_thresholds(last_eval.means(), config):
-            stopped_because = "memorization below --stop-ma/--stop-el"
-            break
-        if step >= total_steps:
-            stopped_because = "max steps" if config.max_steps and step >= config.max_steps else "epochs"
-            break
-        reporter.start_training(total_steps)
-        model.train()
+        raise Interrupted(_interrupted_message(
+            step, in_step, checkpoint_dir, newest_checkpoint,
+            save_checkpoint if accelerator.is_main_process else None,
+        )) from None
+    except BaseException:
+        reporter.end_training()
+        raise
 
-    after = last_eval if last_eval is not None and epoch_el else evaluate("after")
+    after = last_eval.to_json() if last_eval is not None and epoch_el else evaluate("after").to_json()
     metrics = {
         "model": loaded.name,
         "method": config.method,
-        "before": before.to_json(),
+        "before": before_json,
         "epochs": history,
-        "after": after.to_json(),
+        "after": after,
         "steps": [asdict(s) for s in steps],
         "stopped_because": stopped_because,
+        "resumed_from_step": resumed.state["step"] if resumed is not None else None,
         "reference_levels": reference_levels,
         "thresholds": {"ma": config.stop_ma, "el": config.stop_el},
-        "wall_time_s": round(time.time() - started, 2),
+        "wall_time_s": round(earlier_wall_time + time.time() - started, 2),
         "peak_memory_mb": round(_peak_memory_mb(), 1),
         "sequences_without_focus": [tokenized[i].example.id for i in without_focus],
         "unmemorize_version": __version__,
     }
     if out_dir is not None and accelerator.is_main_process:
         _save(out_dir, accelerator.unwrap_model(model), tokenizer, config, metrics)
+        if checkpoint_dir is not None:
+            checkpoint.remove(checkpoint_dir)  # the finished output supersedes it
     accelerator.wait_for_everyone()
     return metrics
+
+
+def _interrupted_message(step: int, in_step: bool, directory: Path | None,
+                         newest: tuple[Path, int] | None, save: Callable[[], Path] | None) -> str:
+    """Save the last completed step (when there is a place for it) and say how to go on."""
+    if in_step:  # a second Ctrl-C broke off a step: its state is half-updated, keep the old one
+        where = f"newest checkpoint: {newest[0]} (step {newest[1]})" if newest else "nothing saved"
+        return f"interrupted during step {step + 1}; {where}"
+    if newest is not None and newest[1] == step:
+        path = newest[0]
+    elif directory is not None and step > 0 and save is not None:
+        path = save()
+    elif step == 0:
+        return "interrupted before the first training step; nothing to resume"
+    else:
+        return f"interrupted at step {step}; no checkpoint was written (pass --out or --checkpoint-dir to keep one)"
+    return f"interrupted at step {step}; resume with --resume (checkpoint: {path})"
 
 
 def _resolve_auto_thresholds(config: UnlearnConfig, tokenizer, reporter: Reporter, evaluate_sequences) -> dict | None:
@@ -454,9 +725,15 @@ def _save(out_dir: Path, model, tokenizer, config: UnlearnConfig, metrics: dict)
         tokenizer.save_pretrained(tmp)
         (tmp / "unlearn_config.json").write_text(json.dumps(asdict(config), indent=2))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        # A rename cannot replace a non-empty directory (--overwrite): move the old one aside
+        # first, so that one of the two is complete on disk at every moment.
+        old = None
         if out_dir.exists():
-            shutil.rmtree(out_dir)
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, old / out_dir.name)
         os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
