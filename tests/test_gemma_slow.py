@@ -12,7 +12,7 @@ def test_unlearning_lowers_gemma_memorization(shared_data, tmp_path):
     forget = shared_data / "extraction/forget_sets/lm_extraction_8_0.csv"
     metrics = unlearn(UnlearnConfig(
         model="gemma-3-270m", forget=str(forget), imagination_strength=10.0, lora=True, lr=1e-3,
-        epochs=2, batch_size=8,
+        epochs=2, batch_size=2,  # 4 steps an epoch
         el_stride=1000,  # one prefix per sample: EL is checked for form, MA carries the claim
         out=str(tmp_path / "out"),
     ))

@@ -354,6 +354,7 @@ def eval_command(
     model: str = typer.Option("gemma-3-270m", help="The model to evaluate (registry name, directory, .gguf, hub id)."),
     original: Optional[str] = typer.Option(None, help="The model it came from: evaluated beside it, and the judge of generation perplexity."),
     forget: Optional[str] = typer.Option(None, help="The texts that were to be forgotten (needed by the memorization suite)."),
+    judge: Optional[str] = typer.Option(None, help="Model that scores the perplexity of generations (default: --original, else --model)."),
     suites: str = typer.Option("memorization,nlu,nlg", help="Comma-separated: memorization, nlu, nlg."),
     reference: Optional[str] = typer.Option(None, help="Unseen text: the 'forgotten' level and the MIA non-members (default reference/pile.csv)."),
     reference_limit: Optional[int] = typer.Option(None, help="Reference documents used (default: as many as the forget set)."),
@@ -384,7 +385,7 @@ def eval_command(
     from .evaluate import EvalConfig, quick_settings
 
     cfg = EvalConfig(
-        model=model, original=original, forget=forget,
+        model=model, original=original, judge=judge, forget=forget,
         suites=[s.strip() for s in suites.split(",") if s.strip()], reference=reference,
         reference_limit=reference_limit, limit=limit, max_length=max_length, el_n=list(el_n),
         el_stride=el_stride, paper_el=paper_el, extraction_prefix=extraction_prefix,

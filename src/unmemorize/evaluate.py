@@ -29,6 +29,7 @@ class EvalConfig:
     model: str
     forget: str | None = None
     original: str | None = None
+    judge: str | None = None  # scores generations' perplexity; default: the original, else the model
     suites: list[str] = field(default_factory=lambda: list(SUITES))
     reference: str | None = None  # unseen text; default reference/pile.csv under the data location
     reference_limit: int | None = None  # default: as many as the forget set
@@ -244,6 +245,9 @@ def run_eval(config: EvalConfig, reporter: EvalReporter | None = None) -> dict:
         encoder = load_encoder()
     # The judge of generation perplexity is the original model when there is one.
     judge = loaded.get("original", next(iter(loaded.values())))
+    if config.judge and "nlg" in config.suites:
+        judge = load_model(config.judge, allow_pickle=config.allow_pickle,
+                           trust_remote_code=config.trust_remote_code, progress=reporter.message)
     results: dict[str, Any] = {label: {} for label in labels}
     timings: dict[str, dict[str, float]] = {label: {} for label in labels}
     for label, lm in loaded.items():
@@ -261,6 +265,7 @@ def run_eval(config: EvalConfig, reporter: EvalReporter | None = None) -> dict:
     return {
         "config": asdict(config),
         "models": labels,
+        "judge": config.judge or labels.get("original", config.model),
         "results": results,
         "timings_s": timings,
         "wall_time_s": round(time.time() - started, 1),
