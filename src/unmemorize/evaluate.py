@@ -187,16 +187,22 @@ def _memorization_suite(model, tokenizer, config: EvalConfig, reporter: EvalRepo
     return results
 
 
+def _staged_progress(reporter: EvalReporter, suite: str) -> Callable[[str, int, int], None]:
+    """A ``progress(stage, done, total)`` callback drawing one bar per stage (task, step)."""
+    bars: dict[str, Callable[[int, int], None]] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = reporter.progress(f"{suite} {stage.replace('_', ' ')}") or (lambda d, t: None)
+        bars[stage](done, total)
+
+    return progress
+
+
 def _nlu_suite(model, tokenizer, config: EvalConfig, reporter: EvalReporter) -> dict:
     from .metrics.nlu import PAPER_NLU_AVG, evaluate_nlu
 
-    bars: dict[str, Callable] = {}
-
-    def progress(task: str, done: int, total: int) -> None:
-        if task not in bars:
-            bars[task] = reporter.progress(f"NLU {task}") or (lambda d, t: None)
-        bars[task](done, total)
-
+    progress = _staged_progress(reporter, "NLU")
     return evaluate_nlu(
         model, tokenizer, config.nlu_tasks or PAPER_NLU_AVG,
         nlu_dir=Path(config.nlu_dir) if config.nlu_dir else None, limit=config.nlu_limit,
@@ -207,13 +213,7 @@ def _nlu_suite(model, tokenizer, config: EvalConfig, reporter: EvalReporter) -> 
 def _nlg_suite(model, tokenizer, config: EvalConfig, reporter: EvalReporter, judge=None, encoder=None) -> dict:
     from .metrics.nlg import evaluate_nlg
 
-    bars: dict[str, Callable] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
-            bars[stage] = reporter.progress(f"NLG {stage.replace('_', ' ')}") or (lambda d, t: None)
-        bars[stage](done, total)
-
+    progress = _staged_progress(reporter, "NLG")
     judge_model, judge_tokenizer = judge if judge is not None else (None, None)
     return evaluate_nlg(
         model, tokenizer, judge=judge_model, judge_tokenizer=judge_tokenizer,
@@ -246,8 +246,10 @@ def run_eval(config: EvalConfig, reporter: EvalReporter | None = None) -> dict:
     # The judge of generation perplexity is the original model when there is one.
     judge = loaded.get("original", next(iter(loaded.values())))
     if config.judge and "nlg" in config.suites:
-        judge = load_model(config.judge, allow_pickle=config.allow_pickle,
-                           trust_remote_code=config.trust_remote_code, progress=reporter.message)
+        same = [label for label, name in labels.items() if name == config.judge]
+        judge = loaded[same[0]] if same else load_model(
+            config.judge, allow_pickle=config.allow_pickle,
+            trust_remote_code=config.trust_remote_code, progress=reporter.message)
     results: dict[str, Any] = {label: {} for label in labels}
     timings: dict[str, dict[str, float]] = {label: {} for label in labels}
     for label, lm in loaded.items():
@@ -281,7 +283,7 @@ def flatten(results: dict, prefix: str = "") -> dict[str, float]:
             flat.update(flatten(value, name))
         elif isinstance(value, bool):
             continue
-        elif isinstance(value, (int, float)) and value is not None:
+        elif isinstance(value, (int, float)):
             flat[name] = float(value)
     return flat
 
