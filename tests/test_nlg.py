@@ -13,6 +13,8 @@ import torch
 
 from unmemorize.errors import UserError
 from unmemorize.metrics import nlg
+from unmemorize.metrics import decoding
+from unmemorize.metrics.decoding import nucleus_sample
 from unmemorize.models import load_model
 
 TEXTS = [
@@ -115,12 +117,12 @@ def test_nucleus_pick_keeps_the_smallest_top_p_set(monkeypatch):
     probs = torch.tensor([[0.5, 0.3, 0.2]]).repeat(4, 1)
     uniforms = torch.tensor([0.0, 0.5, 0.7, 0.999], dtype=torch.float64)
     # top_p 0.6: nucleus {0, 1} (masses 0.5, 0.3); token 2 is never drawn.
-    assert nlg._nucleus_pick(probs, 0.6, uniforms).tolist() == [0, 0, 1, 1]
-    assert nlg._nucleus_pick(probs, 0.0, uniforms).tolist() == [0, 0, 0, 0]  # greedy
-    assert nlg._nucleus_pick(probs, 1.0, uniforms).tolist() == [0, 0, 1, 2]
+    assert nucleus_sample(probs, 0.6, uniforms).tolist() == [0, 0, 1, 1]
+    assert nucleus_sample(probs, 0.0, uniforms).tolist() == [0, 0, 0, 0]  # greedy
+    assert nucleus_sample(probs, 1.0, uniforms).tolist() == [0, 0, 1, 2]
     # A nucleus wider than the first look widens the search and gives the same tokens.
-    monkeypatch.setattr(nlg, "NUCLEUS_FIRST_K", 1)
-    assert nlg._nucleus_pick(probs, 0.9, uniforms).tolist() == [0, 0, 1, 2]
+    monkeypatch.setattr(decoding, "NUCLEUS_FIRST_K", 1)
+    assert nucleus_sample(probs, 0.9, uniforms).tolist() == [0, 0, 1, 2]
 
 
 PROMPTS = ["Alice Johnson lives at", "The quick brown", "In 1999 the company", "Contact"]

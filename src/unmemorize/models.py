@@ -164,6 +164,7 @@ def load_model(
             progress(f"loading {path}")
             model, tokenizer = _load_directory(path, options)
             resolved, kind = str(path), "directory"
+            _wrap_private_decoding(path, model, progress)
         elif _is_gguf_path(path):
             progress(f"loading and dequantizing {path.name}")
             model, tokenizer = _load_gguf(path, options.dtype)
@@ -342,6 +343,17 @@ def _load_directory(directory: Path, options: _LoadOptions) -> tuple[PreTrainedM
         raise UserError(f"could not load the model in {directory}: {_remote_code_hint(error)}") from None
     tokenizer = _tokenizer_from_directory(directory, options.trust_remote_code)
     return model, tokenizer
+
+
+def _wrap_private_decoding(directory: Path, model: PreTrainedModel, progress: Progress) -> None:
+    """A folder written by ``unlearn --method dpd`` holds the original weights and ``dpd.json``:
+    the model is wrapped again so that it decodes as it was evaluated."""
+    from .methods.dpd import apply_dpd, read_dpd_file
+
+    dpd_lambda = read_dpd_file(directory)
+    if dpd_lambda is not None:
+        progress(f"private decoding: next-token distribution mixed with uniform (lambda {dpd_lambda})")
+        apply_dpd(model, dpd_lambda)
 
 
 def _tokenizer_from_directory(directory: Path, trust_remote_code: bool) -> PreTrainedTokenizerBase:

@@ -33,9 +33,10 @@ from . import checkpoint
 from .data import collate, load_examples, tokenize_examples
 from .errors import UserError
 from .focus import Focus, focus_spans, target_weights
-from .methods import get_method
+from .methods import UnlearningMethod, get_method, method_parameters
 from .metrics.memorization import MemorizationResult, memorization
 from .models import load_model
+from .report import DEFAULT_REPORT_SAMPLES, MODEL_CARD, SAMPLES_FILE, data_summary, forget_continuations, model_card
 
 
 @dataclass
@@ -47,7 +48,17 @@ class UnlearnConfig:
     out: str | None = None
     overwrite: bool = False
     method: str = "di"
-    imagination_strength: float = 3.0
+    # Method hyper-parameters. None: the method's own default (the resolved value is recorded);
+    # a value given for a method that does not take it is refused (see `build_method`).
+    imagination_strength: float | None = None  # di: γ (default 3)
+    beta: float | None = None  # npo (default 0.1), simnpo (default 2.5)
+    margin: float | None = None  # simnpo (default 0)
+    task_vector_alpha: float | None = None  # task-vector: α (default 1)
+    dpd_lambda: float | None = None  # dpd: λ (default 0.75)
+    # Text to keep: every forget micro-batch comes with one of its micro-batches (cycled), and
+    # the retain term (NLL, or KL to the original for kl) enters with weight retain_weight.
+    retain: str | None = None
+    retain_weight: float = 1.0
     focus: str = "all"
     focus_mode: str = "hard"
     focus_weight: float = 10.0
@@ -78,6 +89,8 @@ class UnlearnConfig:
     # EL before and after only, unless --el-every-epoch or --stop-el asks for it each epoch.
     el_stride: int = 10
     el_every_epoch: bool = False
+    # False: MA only before and after (a caller that measures EL itself, e.g. compare's evaluation).
+    measure_el: bool = True
     eval_batch_size: int = 8
     el_batch_size: int = 64
     # A number, or "auto": the model's own level on unseen text (--reference), Jang et al.'s
@@ -93,6 +106,10 @@ class UnlearnConfig:
     checkpoint_every: int | None = None  # optimizer steps between checkpoints
     checkpoint_dir: str | None = None  # default: <out>.checkpoint
     resume: bool = False
+    # The report's before/after continuations of the first forget prefixes. Without show_text
+    # only their token match masks are stored: no forget-set text is written to the output.
+    report_samples: int = DEFAULT_REPORT_SAMPLES
+    show_text: bool = False
 
     def validate(self) -> None:
         positive = {
@@ -106,7 +123,7 @@ class UnlearnConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, not {value}")
         non_negative = {
             "warmup_steps": self.warmup_steps, "weight_decay": self.weight_decay,
-            "max_grad_norm": self.max_grad_norm, "strength": self.imagination_strength,
+            "max_grad_norm": self.max_grad_norm, "retain_weight": self.retain_weight,
         }
         for name, value in non_negative.items():
             if not value >= 0:
@@ -115,6 +132,8 @@ class UnlearnConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+        if self.report_samples < 0:
+            raise UserError(f"--report-samples must be >= 0, not {self.report_samples}")
         if self.max_length < 2:
             raise UserError(f"--max-length must be at least 2, not {self.max_length}")
         if not 0 <= self.lora_dropout < 1:
@@ -123,6 +142,8 @@ class UnlearnConfig:
             raise UserError(f"--optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
         if any(n < 1 for n in self.el_n):
             raise UserError(f"--el-n must be at least 1, not {self.el_n}")
+        if not self.measure_el and (self.stop_el is not None or self.el_every_epoch):
+            raise UserError("--no-el leaves nothing for --stop-el / --el-every-epoch to read; drop one")
         for name in ("stop_ma", "stop_el"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -159,6 +180,7 @@ class StepRecord:
     loss: float
     lr: float
     tokens_per_s: float
+    retain_loss: float | None = None  # the retain term's part of loss (with --retain)
 
 
 class Reporter:
@@ -213,7 +235,10 @@ def _check_paths(config: UnlearnConfig) -> tuple[Path | None, Path | None]:
     """Where the output and the checkpoints go. Refuses any place whose writing or replacing
     (--overwrite) would touch the input model or the forget data."""
     inputs = {}
-    for label, given in (("the input model", config.model), ("the forget data", config.forget)):
+    for label, given in (("the input model", config.model), ("the forget data", config.forget),
+                         ("the retain data", config.retain)):
+        if given is None:
+            continue
         path = Path(given).expanduser()
         if not str(given).startswith("hf:") and path.exists():
             inputs[label] = path.resolve()
@@ -246,12 +271,42 @@ def _check_paths(config: UnlearnConfig) -> tuple[Path | None, Path | None]:
 
 # Options that may change between a run and its --resume: where things go, how evaluation is
 # batched, what may be loaded. Everything else shapes the training trajectory and must match.
-# The forget file is compared by the tokens it gives (the data fingerprint), not by its path.
+# The forget and retain files are compared by the tokens they give (the data fingerprint), not
+# by their paths.
 _RESUME_MAY_CHANGE = {
     "out", "overwrite", "checkpoint_every", "checkpoint_dir", "resume", "eval_batch_size",
-    "el_batch_size", "cpu", "allow_pickle", "trust_remote_code", "max_examples", "forget",
+    "el_batch_size", "cpu", "allow_pickle", "trust_remote_code", "max_examples", "forget", "retain",
+    "report_samples", "show_text",
 }
-_OPTION_NAMES = {"imagination_strength": "strength"}
+_OPTION_NAMES = {"imagination_strength": "strength", "task_vector_alpha": "alpha"}
+# Config fields that are method hyper-parameters (each method declares the ones it takes).
+METHOD_OPTIONS = ("imagination_strength", "beta", "margin", "task_vector_alpha", "dpd_lambda")
+
+
+def _option(name: str) -> str:
+    return "--" + _OPTION_NAMES.get(name, name).replace("_", "-")
+
+
+def build_method(config: UnlearnConfig) -> UnlearningMethod:
+    """The configured method, given only the hyper-parameters it declares. A hyper-parameter set
+    for a method that does not take it is an error rather than silently ignored (``--strength``
+    with ``ga`` does nothing); the values used, defaults included, are written back to
+    ``config`` so ``unlearn_config.json`` records them."""
+    declared = method_parameters(config.method)
+    for name in METHOD_OPTIONS:
+        if getattr(config, name) is not None and name not in declared:
+            takes = ", ".join(_option(n) for n in declared) or "no hyper-parameters"
+            raise UserError(f"{_option(name)} does not apply to --method {config.method} (it takes {takes})")
+    method = get_method(config.method, **{n: getattr(config, n) for n in declared if getattr(config, n) is not None})
+    for name in declared:
+        setattr(config, name, getattr(method, name))
+    if config.retain is None and method.requires_retain:
+        raise UserError(f"--method {config.method} needs --retain FILE: the text whose likelihood it keeps")
+    if config.retain is not None and not method.trains:
+        raise UserError(f"--retain does not apply to --method {config.method}: it trains nothing")
+    if not method.trains:
+        config.lora = False  # nothing is trained, so there is no adapter to add or merge
+    return method
 
 
 def _check_resume_config(saved: dict, requested: dict, path: Path) -> None:
@@ -282,12 +337,16 @@ def _find_resume(config: UnlearnConfig, directory: Path | None, requested: dict)
     return None
 
 
-def _data_fingerprint(tokenized: list, weights: list[list[float]], trainable: list[int]) -> str:
-    """A hash of exactly what training sees (token ids and target weights): resuming on other
-    data, another tokenizer or another focus is refused. A hash, so no text is stored."""
+def _data_fingerprint(tokenized: list, weights: list[list[float]], trainable: list[int],
+                      retain: list | None = None) -> str:
+    """A hash of exactly what training sees (token ids and target weights, and the retain set's
+    token ids): resuming on other data, another tokenizer or another focus is refused. A hash,
+    so no text is stored."""
     digest = hashlib.sha256()
     for i in trainable:
         digest.update(json.dumps([tokenized[i].input_ids, weights[i]]).encode())
+    for item in retain or []:
+        digest.update(json.dumps(["retain", item.input_ids]).encode())
     return digest.hexdigest()
 
 
@@ -308,6 +367,31 @@ class EpochShuffle(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.size
+
+
+class RetainStream:
+    """Retain micro-batches drawn alongside the forget micro-batches, cycling the retain set: an
+    endless stream of seeded permutations of it (a new one each pass). The forget micro-batch
+    number k of the run, on process r of P, gets stream items [(k·P + r)·b, (k·P + r + 1)·b).
+    A pure function of k: a resumed run draws the same retain batches, and P processes or
+    gradient accumulation see the same items as one process with the whole batch."""
+
+    def __init__(self, items: list, batch_size: int, seed: int, pad_id: int) -> None:
+        self.items, self.batch_size, self.seed, self.pad_id = items, batch_size, seed, pad_id
+        self._orders: dict[int, list[int]] = {}
+
+    def _item(self, position: int):
+        cycle, offset = divmod(position, len(self.items))
+        if cycle not in self._orders:
+            # Distinct from the forget order's seeds; ints hash alike in every process and run.
+            generator = torch.Generator().manual_seed(hash((self.seed, -1, cycle)) & 0xFFFF_FFFF_FFFF_FFFF)
+            self._orders = {cycle: torch.randperm(len(self.items), generator=generator).tolist()}
+        return self.items[self._orders[cycle][offset]]
+
+    def batch(self, k: int, rank: int = 0, processes: int = 1) -> dict[str, torch.Tensor]:
+        start = (k * processes + rank) * self.batch_size
+        rows = [self._item(position) for position in range(start, start + self.batch_size)]
+        return collate(rows, [[1.0] * len(row.input_ids) for row in rows], self.pad_id)
 
 
 class _DeferSigint:
@@ -348,7 +432,7 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
     reporter = reporter or Reporter()
     config.validate()
     started = time.time()
-    method = get_method(config.method, imagination_strength=config.imagination_strength)
+    method = build_method(config)
     out_dir, checkpoint_dir = _check_paths(config)
     requested = asdict(config)  # as given: before 'auto' thresholds and LoRA targets are resolved
     resume_from = _find_resume(config, checkpoint_dir, requested)
@@ -365,6 +449,10 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
             f"the forget set has {len(examples)} examples, more than --max-examples {config.max_examples}; "
             "pass a smaller set, --limit N to use the first N, or a larger --max-examples"
         )
+    retain_examples = None
+    if config.retain is not None:
+        retain_examples = load_examples(config.retain, split=config.split, text_column=config.text_column,
+                                        npy_tokenizer=config.npy_tokenizer)
     focus = Focus.parse(config.focus)
     loaded = load_model(
         config.model, device=str(accelerator.device), allow_pickle=config.allow_pickle,
@@ -390,7 +478,15 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
             reporter.message(f"{len(without_focus)} sequences have no token in focus ({focus}): ids {ids}")
     sequences = [t.input_ids for t in tokenized]
     pad_id = tokenizer.pad_token_id
-    fingerprint = _data_fingerprint(tokenized, weights, trainable)
+    retain_stream = None
+    if retain_examples is not None:
+        retain_tokenized = tokenize_examples(retain_examples, tokenizer, config.max_length)
+        retain_stream = RetainStream(retain_tokenized, config.batch_size, config.seed, pad_id)
+        reporter.message(
+            f"retain set: {len(retain_tokenized)} sequences, {sum(len(t.input_ids) for t in retain_tokenized)} "
+            f"tokens; retain term weight {config.retain_weight}"
+        )
+    fingerprint = _data_fingerprint(tokenized, weights, trainable, retain_stream.items if retain_stream else None)
     reporter.message(
         f"forget set: {len(tokenized)} sequences, {sum(map(len, sequences))} tokens "
         f"(max {config.max_length} per sequence); training on {len(trainable)}"
@@ -403,12 +499,51 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
             result = memorization(
                 net, on or sequences, ns=tuple(config.el_n), el_stride=config.el_stride,
                 batch_size=config.eval_batch_size, el_batch_size=config.el_batch_size,
-                pad_token_id=pad_id, compute_el=with_el, progress=reporter.evaluation(label),
+                pad_token_id=pad_id, compute_el=with_el and config.measure_el,
+                progress=reporter.evaluation(label),
             )
             if on is None:
                 reporter.memorization(label, result.means())
         # Every process needs the numbers for the stop rule; only one computes them.
         return broadcast_object_list([result])[0]
+
+    def finish(after: dict, history: list[dict], steps: list[dict], stopped_because: str,
+               resumed_step: int | None, earlier_wall_time: float, net, original=None) -> dict:
+        """The run's metrics, written with the model (``net``) to --out."""
+        metrics = {
+            "model": loaded.name,
+            "method": config.method,
+            "before": before_json,
+            "epochs": history,
+            "after": after,
+            "steps": steps,
+            "stopped_because": stopped_because,
+            "resumed_from_step": resumed_step,
+            "reference_levels": reference_levels,
+            "thresholds": {"ma": config.stop_ma, "el": config.stop_el},
+            "wall_time_s": round(earlier_wall_time + time.time() - started, 2),
+            "peak_memory_mb": round(_peak_memory_mb(), 1),
+            "sequences_without_focus": [tokenized[i].example.id for i in without_focus],
+            "unmemorize_version": __version__,
+            "data": data_summary(config, tokenized, weights, trainable, fingerprint),
+        }
+        if out_dir is not None and accelerator.is_main_process:
+            files = dict(method.saved_files())
+            if config.report_samples and method.trains:
+                # Before = the original: the same net with its LoRA adapters off, or the frozen copy.
+                samples = forget_continuations(
+                    net, tokenizer, tokenized[: config.report_samples], original=original,
+                    adapters_off=config.lora, show_text=config.show_text)
+                files[SAMPLES_FILE] = json.dumps(samples)
+            try:
+                files[MODEL_CARD] = model_card(metrics, asdict(config), out_dir.name)
+            except Exception as error:  # noqa: BLE001 - the card must never cost the run
+                reporter.message(f"warning: no model card ({type(error).__name__}: {error})")
+            _save(out_dir, net, tokenizer, config, metrics, files)
+            if checkpoint_dir is not None:
+                checkpoint.remove(checkpoint_dir)  # the finished output supersedes it
+        accelerator.wait_for_everyone()
+        return metrics
 
     resumed = None
     if resume_from is not None:
@@ -416,7 +551,7 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
         if resumed.state["data_fingerprint"] != fingerprint:
             raise UserError(
                 f"--resume: the forget set, tokenizer or focus gives other training data than the run "
-                f"in {resume_from}; resume with the same --forget, --model and focus options"
+                f"in {resume_from}; resume with the same --forget, --retain, --model and focus options"
             )
         # What the interrupted run resolved ('auto' thresholds, LoRA targets) and measured.
         for name in ("stop_ma", "stop_el", "lora_targets"):
@@ -428,6 +563,11 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
         reference_levels = _resolve_auto_thresholds(
             config, tokenizer, reporter, lambda seqs, with_el: evaluate("unseen text", with_el, on=seqs)
         )
+    if not method.trains:
+        # An inference-time method (dpd): the model is wrapped, measured and saved as it is.
+        method.wrap(model)
+        return finish(evaluate("after").to_json(), [], [], "inference-time method (no training)",
+                      None, 0.0, model)
 
     # --- student and teacher --------------------------------------------------------------
     teacher = None
@@ -440,13 +580,17 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
             target_modules=targets, task_type="CAUSAL_LM",
         ))
-    elif method.needs_teacher:
+    elif method.needs_teacher or (retain_stream is not None and method.retain_needs_teacher):
         # A frozen copy costs one model's weights (1 GiB for Gemma-3 270M in fp32). Precomputed
         # teacher logits would cost sequences x length x vocabulary floats instead: 6.7 GB for 32
         # sequences of 200 tokens over Gemma's 262k vocabulary, and grow with the forget set.
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
     named_trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     parameters = list(named_trainable.values())
+    # Task arithmetic needs the weights before training (a resumed run still starts from these).
+    initial_weights = None
+    if method.keeps_initial_weights:
+        initial_weights = {name: p.detach().clone() for name, p in named_trainable.items()}
     if resumed is not None:
         if set(resumed.trainable) != set(named_trainable):
             raise UserError(f"--resume: the checkpoint {resume_from} holds other parameters than this model trains")
@@ -490,14 +634,31 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
             finally:
                 net.train()
 
-    def _optimizer_step(micro_batches: list[dict]) -> float | None:
-        local_norm = sum(method.normalizer(b) for b in micro_batches)
-        total_norm = accelerator.reduce(torch.as_tensor(local_norm, device=accelerator.device, dtype=torch.float32), "sum")
+    def step_total(values) -> torch.Tensor:
+        """A normalizer summed over the step's micro-batches and over every process."""
+        return accelerator.reduce(torch.as_tensor(sum(values), device=accelerator.device, dtype=torch.float32), "sum")
+
+    def _optimizer_step(micro_batches: list[dict], retain_batches: list[dict]) -> tuple[float | None, float | None]:
+        """One update; returns the step's loss (forget term + retain term) and its retain term."""
+        total_norm = step_total(method.normalizer(b) for b in micro_batches)
         if total_norm.item() == 0:
-            return None
+            return None, None
         step_loss = torch.zeros((), device=accelerator.device)
+        retain_loss = torch.zeros((), device=accelerator.device)
+        retain_norm = step_total(method.retain_normalizer(b) for b in retain_batches) if retain_batches else None
         for index, batch in enumerate(micro_batches):
             sync = index == len(micro_batches) - 1
+            if retain_batches:
+                # Never synced itself: the forget term's last backward below syncs the whole step.
+                with accelerator.no_sync(model):
+                    kept = retain_batches[index]
+                    target = teacher_logits(kept) if method.retain_needs_teacher else None
+                    logits = model(input_ids=kept["input_ids"], attention_mask=kept["attention_mask"]).logits
+                    loss = (config.retain_weight * method.retain_loss_sum(logits, kept, target)
+                            / retain_norm * accelerator.num_processes)
+                    accelerator.backward(loss)
+                    retain_loss += loss.detach() / accelerator.num_processes
+                    del logits, target
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                 target = teacher_logits(batch) if method.needs_teacher else None
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -512,7 +673,8 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        return accelerator.reduce(step_loss, "sum").item()
+        retain_total = accelerator.reduce(retain_loss, "sum").item()
+        return accelerator.reduce(step_loss, "sum").item() + retain_total, retain_total if retain_batches else None
 
     steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
     total_steps = config.epochs * steps_per_epoch
@@ -568,6 +730,29 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
             kept = "no checkpoint was written (--checkpoint-every N keeps one)"
         raise TrainingDiverged(f"training diverged at step {step}: {bad}; lower --lr; {kept}")
 
+    def put_final_weights() -> dict[str, torch.Tensor]:
+        """Put the method's final weights in place (task arithmetic: θ − α·(θ_ft − θ)); returns
+        the trained weights they replace."""
+        trained = {name: p.detach().clone() for name, p in named_trainable.items()}
+        with torch.no_grad():
+            for name, value in method.final_weights(trained, initial_weights).items():
+                named_trainable[name].copy_(value)
+        return trained
+
+    @contextlib.contextmanager
+    def as_final_weights():
+        """Memorization is measured on the final weights; training goes on from the trained ones."""
+        if initial_weights is None:
+            yield
+            return
+        trained = put_final_weights()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, value in trained.items():
+                    named_trainable[name].copy_(value)
+
     start_epoch, skip_batches = position["epoch"], position["batches"]
     in_step = False
     reporter.start_training(total_steps)
@@ -576,6 +761,7 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
         for epoch in range(start_epoch, config.epochs + 1):
             loader.set_epoch(epoch)
             micro: list[dict] = []
+            retain_micro: list[dict] = []
             window_tokens, window_start = 0, time.time()
             for index, batch in enumerate(loader):
                 if epoch == start_epoch and index < skip_batches:
@@ -586,18 +772,21 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
                     checkpoint.restore_rng(pending_rng)
                     pending_rng = None
                 micro.append(batch)
+                if retain_stream is not None:  # a function of the micro-batch's place in the run
+                    retain_micro.append(retain_stream.batch(
+                        (epoch - 1) * len(loader) + index, accelerator.process_index, accelerator.num_processes))
                 window_tokens += int(batch["attention_mask"].sum())
                 if len(micro) < config.grad_accum and index < len(loader) - 1:
                     continue
                 with _DeferSigint():
                     in_step = True
-                    loss = _optimizer_step(micro)
-                    micro = []
+                    loss, retain_loss = _optimizer_step(micro, retain_micro)
+                    micro, retain_micro = [], []
                     step += 1
                     elapsed = max(time.time() - window_start, 1e-9)
                     record = StepRecord(step, epoch, loss if loss is not None else float("nan"),
                                         scheduler.get_last_lr()[0],
-                                        window_tokens * accelerator.num_processes / elapsed)
+                                        window_tokens * accelerator.num_processes / elapsed, retain_loss)
                     steps.append(record)
                     position = {"epoch": epoch, "batches": index + 1, "rng": checkpoint.capture_rng()}
                     in_step = False
@@ -612,7 +801,8 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
                 checkpoint.restore_rng(pending_rng)
                 pending_rng = None
             reporter.end_training()
-            last_eval = evaluate(f"epoch {epoch}", with_el=epoch_el)
+            with as_final_weights():
+                last_eval = evaluate(f"epoch {epoch}", with_el=epoch_el)
             history.append({"epoch": epoch, "step": step, **last_eval.means()})
             if _below_thresholds(last_eval.means(), config):
                 stopped_because = "memorization below --stop-ma/--stop-el"
@@ -632,29 +822,12 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
         reporter.end_training()
         raise
 
+    if initial_weights is not None:
+        put_final_weights()  # from here on (evaluation after, saving) the model is the final one
     after = last_eval.to_json() if last_eval is not None and epoch_el else evaluate("after").to_json()
-    metrics = {
-        "model": loaded.name,
-        "method": config.method,
-        "before": before_json,
-        "epochs": history,
-        "after": after,
-        "steps": [asdict(s) for s in steps],
-        "stopped_because": stopped_because,
-        "resumed_from_step": resumed.state["step"] if resumed is not None else None,
-        "reference_levels": reference_levels,
-        "thresholds": {"ma": config.stop_ma, "el": config.stop_el},
-        "wall_time_s": round(earlier_wall_time + time.time() - started, 2),
-        "peak_memory_mb": round(_peak_memory_mb(), 1),
-        "sequences_without_focus": [tokenized[i].example.id for i in without_focus],
-        "unmemorize_version": __version__,
-    }
-    if out_dir is not None and accelerator.is_main_process:
-        _save(out_dir, accelerator.unwrap_model(model), tokenizer, config, metrics)
-        if checkpoint_dir is not None:
-            checkpoint.remove(checkpoint_dir)  # the finished output supersedes it
-    accelerator.wait_for_everyone()
-    return metrics
+    return finish(after, history, [asdict(s) for s in steps], stopped_because,
+                  resumed.state["step"] if resumed is not None else None, earlier_wall_time,
+                  accelerator.unwrap_model(model), original=teacher)
 
 
 def _interrupted_message(step: int, in_step: bool, directory: Path | None,
@@ -707,7 +880,8 @@ def _below_thresholds(means: dict[str, float], config: UnlearnConfig) -> bool:
     return ok_ma and ok_el
 
 
-def _save(out_dir: Path, model, tokenizer, config: UnlearnConfig, metrics: dict) -> None:
+def _save(out_dir: Path, model, tokenizer, config: UnlearnConfig, metrics: dict,
+          extra_files: dict[str, str] | None = None) -> None:
     """Write everything under a temporary name beside ``out_dir``, then rename: a crash never
     leaves a directory that looks finished."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -725,6 +899,8 @@ def _save(out_dir: Path, model, tokenizer, config: UnlearnConfig, metrics: dict)
         tokenizer.save_pretrained(tmp)
         (tmp / "unlearn_config.json").write_text(json.dumps(asdict(config), indent=2))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        for name, text in (extra_files or {}).items():  # e.g. dpd.json, read back by load_model
+            (tmp / name).write_text(text)
         # A rename cannot replace a non-empty directory (--overwrite): move the old one aside
         # first, so that one of the two is complete on disk at every moment.
         old = None

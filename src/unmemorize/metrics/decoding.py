@@ -156,6 +156,48 @@ def nucleus_mask(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return in_nucleus
 
 
+# Rows are searched among their top k tokens first; only flat rows widen k (see nucleus_sample).
+NUCLEUS_FIRST_K = 256
+
+
+def nucleus_sample(probs: torch.Tensor, top_p: float, uniforms: torch.Tensor) -> torch.Tensor:
+    """Sample one token per row from the smallest set of most likely tokens whose mass reaches
+    ``top_p``, by inverting its cumulative distribution at ``uniforms``.
+
+    Each row is looked at among its top ``NUCLEUS_FIRST_K`` tokens first; only rows whose
+    nucleus is wider (flat distributions) are searched again with a 4x larger k, so peaked rows
+    never pay for sorting the whole vocabulary.
+    """
+    vocab = probs.shape[-1]
+    if top_p >= 1.0:
+        return invert_cdf(probs, uniforms)
+    choice = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    pending = torch.arange(probs.shape[0], device=probs.device)
+    k = min(NUCLEUS_FIRST_K, vocab)
+    while pending.numel():
+        top_probs, top_ids = probs[pending].topk(k, dim=-1)
+        # The nucleus lies in the top k once the row's top-k mass reaches top_p.
+        if k < vocab:
+            settled = top_probs.sum(dim=-1) >= top_p
+        else:
+            settled = torch.ones_like(pending, dtype=torch.bool)
+        if bool(settled.any()):
+            kept = top_probs[settled]
+            picked = invert_cdf(kept * nucleus_mask(kept, top_p), uniforms[pending[settled]])
+            choice[pending[settled]] = top_ids[settled].gather(-1, picked[:, None]).squeeze(-1)
+        pending = pending[~settled]
+        k = min(vocab, k * 4)
+    return choice
+
+
+def invert_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Index whose cumulative weight first reaches uniform x total, per row. Zero-weight
+    entries never win: searchsorted returns the first index whose cdf is >= the target."""
+    cdf = weights.cumsum(dim=-1)
+    targets = (uniforms.to(cdf.dtype) * cdf[:, -1])[:, None]
+    return torch.searchsorted(cdf, targets).clamp(max=cdf.shape[-1] - 1).squeeze(-1)
+
+
 def decode(
     model: torch.nn.Module,
     prefixes: Sequence[Sequence[int]],

@@ -43,6 +43,7 @@ from unmemorize.metrics.decoding import (
     evaluating,
     model_device,
     nucleus_mask,
+    nucleus_sample,
     teacher_forced_logits,
 )
 from unmemorize.paths import data_path
@@ -61,7 +62,6 @@ LOGITS_BUDGET = 2**27
 NLL_CHUNK = 256
 # Top-p first looks for the nucleus among this many most likely tokens (and widens when the
 # nucleus is larger): sorting all 262k logits of a 128-row batch costs seconds per step.
-NUCLEUS_FIRST_K = 256
 
 
 def _no_progress(_stage: str, _done: int, _total: int) -> None:
@@ -250,50 +250,12 @@ def _sample_batch(
 
     def choose_next(last_logits: torch.Tensor, step: int) -> torch.Tensor:
         probs = torch.softmax(at_least_float32(last_logits), dim=-1)
-        return _nucleus_pick(probs, top_p, uniforms[:, step])
+        return nucleus_sample(probs, top_p, uniforms[:, step])
 
     return decode(
         model, prompts, [uniforms.shape[1]] * len(prompts), choose_next,
         pad_token_id=pad_id, stop=lambda tokens: torch.isin(tokens, stop),
     )
-
-
-def _nucleus_pick(probs: torch.Tensor, top_p: float, uniforms: torch.Tensor) -> torch.Tensor:
-    """Sample one token per row from the smallest set of most likely tokens whose mass reaches
-    ``top_p``, by inverting its cumulative distribution at ``uniforms``.
-
-    Each row is looked at among its top ``NUCLEUS_FIRST_K`` tokens first; only rows whose
-    nucleus is wider (flat distributions) are searched again with a 4x larger k, so peaked rows
-    never pay for sorting the whole vocabulary.
-    """
-    vocab = probs.shape[-1]
-    if top_p >= 1.0:
-        return _invert_cdf(probs, uniforms)
-    choice = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
-    pending = torch.arange(probs.shape[0], device=probs.device)
-    k = min(NUCLEUS_FIRST_K, vocab)
-    while pending.numel():
-        top_probs, top_ids = probs[pending].topk(k, dim=-1)
-        # The nucleus lies in the top k once the row's top-k mass reaches top_p.
-        if k < vocab:
-            settled = top_probs.sum(dim=-1) >= top_p
-        else:
-            settled = torch.ones_like(pending, dtype=torch.bool)
-        if bool(settled.any()):
-            kept = top_probs[settled]
-            picked = _invert_cdf(kept * nucleus_mask(kept, top_p), uniforms[pending[settled]])
-            choice[pending[settled]] = top_ids[settled].gather(-1, picked[:, None]).squeeze(-1)
-        pending = pending[~settled]
-        k = min(vocab, k * 4)
-    return choice
-
-
-def _invert_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Index whose cumulative weight first reaches uniform x total, per row. Zero-weight
-    entries never win: searchsorted returns the first index whose cdf is >= the target."""
-    cdf = weights.cumsum(dim=-1)
-    targets = (uniforms.to(cdf.dtype) * cdf[:, -1])[:, None]
-    return torch.searchsorted(cdf, targets).clamp(max=cdf.shape[-1] - 1).squeeze(-1)
 
 
 def _stop_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:

@@ -35,7 +35,7 @@ from unmemorize.metrics.decoding import (
     decode,
     evaluating,
     model_device,
-    nucleus_mask,
+    nucleus_sample,
     teacher_forced_logits,
     token_counter,
 )
@@ -417,17 +417,11 @@ def _job_generator(seed: int, index: int, cut: int, device: torch.device) -> tor
 def _top_p_sample(
     logits: torch.Tensor, top_p: float, generators: list[torch.Generator]
 ) -> torch.Tensor:
-    """One token per row of [rows, V] logits from the top-p nucleus; row r draws with
-    generators[r]."""
+    """One token per row of [rows, V] logits from the top-p nucleus; row r draws its uniform
+    with generators[r], so its randomness is independent of what it is batched with."""
     probs = torch.softmax(at_least_float32(logits), dim=-1)
-    sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True)
-    sorted_probs = sorted_probs.masked_fill(~nucleus_mask(sorted_probs, top_p), 0.0)
-    tokens = torch.empty(len(generators), dtype=torch.long, device=logits.device)
-    for row, generator in enumerate(generators):
-        # Per-row draws keep each row's randomness independent of what it is batched with.
-        rank = torch.multinomial(sorted_probs[row], 1, generator=generator)
-        tokens[row] = sorted_ids[row, rank[0]]
-    return tokens
+    uniforms = torch.cat([torch.rand(1, generator=g, device=g.device) for g in generators])
+    return nucleus_sample(probs, top_p, uniforms.to(probs.device))
 
 
 # --- reference level ----------------------------------------------------------------------

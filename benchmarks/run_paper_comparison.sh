@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs benchmarks/paper_comparison.yaml and records how: results in
+# benchmarks/results/paper_comparison/ (comparison.md/csv/json, tradeoff.png/csv, evals/*.json,
+# command.txt, versions.txt); the runs' model weights (GBs) in the cache, outside the repository.
+# Finished runs are skipped when the script is run again; a run whose settings changed is redone.
+#
+# Overrides (environment):
+#   UNMEMORIZE_DATA          shared data folder (default: ../shared/data beside the repository)
+#   UNMEMORIZE_BENCH_MODEL   model (default gemma-3-270m)
+#   UNMEMORIZE_BENCH_FORGET  forget set (default the 32-sample set of Jang et al.)
+#   BENCH_OUT                results folder (default benchmarks/results/paper_comparison)
+#   BENCH_RUNS_DIR           weights folder (default ${UNMEMORIZE_CACHE:-~/.cache/unmemorize}/benchmark-runs)
+#   PYTHON                   interpreter with unmemorize installed (default .venv/bin/python)
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+if [[ -z "${UNMEMORIZE_DATA:-}" && -d ../shared/data ]]; then
+    UNMEMORIZE_DATA="$(cd ../shared/data && pwd)"
+fi
+export UNMEMORIZE_DATA
+python="${PYTHON:-.venv/bin/python}"
+config="benchmarks/paper_comparison.yaml"
+out="${BENCH_OUT:-benchmarks/results/paper_comparison}"
+runs="${BENCH_RUNS_DIR:-${UNMEMORIZE_CACHE:-$HOME/.cache/unmemorize}/benchmark-runs}"
+mkdir -p "$out"
+
+command=("$python" -m unmemorize.cli compare --config "$config" --out "$out" --runs-dir "$runs")
+{
+    printf 'cd %q &&' "$repo"
+    for name in UNMEMORIZE_DATA UNMEMORIZE_BENCH_MODEL UNMEMORIZE_BENCH_FORGET; do
+        if [[ -n "${!name:-}" ]]; then printf ' %s=%q' "$name" "${!name}"; fi
+    done
+    printf ' %q' "${command[@]}"
+    printf '\n'
+} > "$out/command.txt"
+
+{
+    "$python" - <<'PY'
+import platform, sys
+from importlib.metadata import version
+print(f"python {sys.version.split()[0]} ({platform.platform()})")
+for package in ("torch", "transformers", "peft", "accelerate", "unmemorize"):
+    print(f"{package} {version(package)}")
+import torch
+print(f"torch threads {torch.get_num_threads()}; cuda {torch.cuda.is_available()}")
+PY
+    echo "git commit $(git rev-parse HEAD 2>/dev/null || echo unknown)$([[ -n "$(git status --porcelain 2>/dev/null)" ]] && echo ' (with uncommitted changes)')"
+    echo "started $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+} > "$out/versions.txt"
+
+start=$SECONDS
+"${command[@]}"
+# Wall time of this invocation; runs finished earlier are skipped, and each row's own training and
+# evaluation time is in comparison.md (train s, eval s).
+echo "finished $(date -u +%Y-%m-%dT%H:%M:%SZ); this invocation took $(( SECONDS - start )) s" >> "$out/versions.txt"

@@ -1,0 +1,45 @@
+"""Negative Preference Optimization (Zhang et al. 2024, "Negative Preference Optimization:
+From Catastrophic Collapse to Effective Unlearning").
+
+On sequence log-likelihoods relative to the original model π_ref:
+
+    u_i = log π_θ(y_i) − log π_ref(y_i),    loss = −(2/β)·mean_i log σ(−β·u_i)
+
+log π(y_i) sums the log-probabilities of sequence i's real target tokens (times their focus
+weights: with a focus only those tokens count). The loss is bounded below by 0 and its gradient
+vanishes as u_i → −∞, which is what keeps NPO from gradient ascent's collapse; as β → 0 it
+becomes gradient ascent on sequence log-likelihoods. The mean is over the sequences of the whole
+optimizer step (the normalizer is the number of sequences), so accumulation and multi-process
+training equal one big batch. π_ref is the teacher ``di`` uses (adapter off, or a frozen copy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from ..errors import UserError
+from . import UnlearningMethod, register
+from .likelihood import sequence_log_likelihoods, sequences_with_targets
+
+
+@register
+@dataclass
+class NegativePreferenceOptimization(UnlearningMethod):
+    name = "npo"
+    needs_teacher = True
+    beta: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:
+            raise UserError(f"--beta must be positive, not {self.beta}")
+
+    def normalizer(self, batch):
+        return sequences_with_targets(batch).sum()
+
+    def loss_sum(self, logits, batch, teacher_logits=None):
+        if teacher_logits is None:
+            raise ValueError("npo needs the original model's logits")
+        ratio = sequence_log_likelihoods(logits, batch) - sequence_log_likelihoods(teacher_logits, batch)
+        losses = -(2 / self.beta) * F.logsigmoid(-self.beta * ratio)
+        return losses[sequences_with_targets(batch)].sum()

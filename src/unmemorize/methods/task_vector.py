@@ -1,0 +1,56 @@
+"""Task arithmetic (Ilharco et al. 2023, "Editing Models with Task Arithmetic"): fine-tune on the
+forget set with plain NLL (descent), then subtract the resulting task vector:
+
+    θ_final = θ − α·(θ_ft − θ)
+
+With LoRA the task vector is the adapter's merged delta ΔW = s·B·A, and θ − α·ΔW is the adapter
+with B scaled by −α: its initial B is zero and A is kept, so the same formula on B (and A left
+as trained) gives exactly that. With full fine-tuning it applies to every weight. α = 0 returns
+the original weights exactly; α = 1 gives 2θ − θ_ft.
+
+Memorization after each epoch (and so ``--stop-ma``) is measured on θ_final, not on the
+fine-tuned weights; checkpoints hold the fine-tuned weights, so a resumed run goes on
+fine-tuning."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserError
+from . import UnlearningMethod, register
+from .likelihood import weighted_nll_sum
+
+
+def _is_lora_a(name: str) -> bool:
+    return "lora_A" in name or "lora_embedding_A" in name
+
+
+def negated_task_vector(
+    trained: dict[str, torch.Tensor], initial: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
+    """θ − α·(θ_ft − θ) for every weight, except LoRA A matrices, which stay as trained."""
+    return {
+        name: value if _is_lora_a(name) else initial[name] - alpha * (value - initial[name])
+        for name, value in trained.items()
+    }
+
+
+@register
+@dataclass
+class TaskVector(UnlearningMethod):
+    name = "task-vector"
+    keeps_initial_weights = True
+    task_vector_alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.task_vector_alpha):
+            raise UserError(f"--alpha must be a finite number, not {self.task_vector_alpha}")
+
+    def loss_sum(self, logits, batch, teacher_logits=None):
+        return weighted_nll_sum(logits, batch)  # descent: learn the forget set, then negate
+
+    def final_weights(self, trained, initial):
+        return negated_task_vector(trained, initial, self.task_vector_alpha)

@@ -1,0 +1,596 @@
+"""Reports of every run: ``report.md`` and a self-contained ``report.html`` (figures inlined as
+data URIs, CSS inline, a Content-Security-Policy that forbids any request), plus a model card
+(``README.md``) in each unlearned model directory.
+
+A report is rendered from the files a run leaves in its directory, so ``unmemorize report DIR``
+can re-render it at any time:
+
+- ``metrics.json`` + ``unlearn_config.json`` (+ ``samples.json``, ``eval.json``): an unlearning run;
+- ``eval.json`` (or another JSON written by ``unmemorize eval --json``): an evaluation;
+- ``comparison.json`` (+ ``tradeoff.png``, ``tradeoff.csv``): a comparison of methods;
+- ``demo.json``: the end-to-end demo.
+
+Forget-set text is sensitive. Unless a run was asked for it (``--show-text``), no text of the
+forget set is stored in the run directory: ``samples.json`` holds, for a few forget prefixes,
+only which greedily generated tokens equal the memorized next token, before and after
+unlearning, and the report shows those as match masks (█ = reproduced, · = not). With
+``--show-text`` the run stores the decoded text and the report shows it with the reproduced
+tokens highlighted. The model card never shows text: counts and SHA-256 hashes only."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import html
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import jinja2
+
+from . import __version__
+from .errors import UserError
+
+REPORT_MD, REPORT_HTML, MODEL_CARD = "report.md", "report.html", "README.md"
+ASSETS_DIR = "report_files"  # the PNGs report.md links to (report.html inlines them)
+SAMPLES_FILE = "samples.json"
+DEFAULT_REPORT_SAMPLES = 3
+DEFAULT_NEW_TOKENS = 32
+MATCH, MISS = "█", "·"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A fall-back scan for an evaluation JSON under another name reads no file larger than this
+# (a model directory's tokenizer.json is tens of MB).
+_MAX_SCANNED_JSON = 5 * 2**20
+
+
+# --- what an unlearning run collects for its report --------------------------------------
+
+
+def source_sha256(source: str | Path) -> str | None:
+    """SHA-256 of a forget file, or of a directory's files (relative names and contents, in
+    name order); None for a hub dataset. Identifies the data without storing any of it."""
+    if str(source).startswith("hf:"):
+        return None
+    path = Path(source).expanduser()
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(2**20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def data_summary(config, tokenized: Sequence, weights: Sequence[Sequence[float]], trainable: Sequence[int],
+                 fingerprint: str) -> dict:
+    """What was forgotten, as counts and hashes (no text): stored in ``metrics.json``."""
+    if config.focus == "all" or config.focus_mode == "hard":
+        in_focus = lambda w: w > 0  # noqa: E731
+    else:  # soft: focus tokens carry --focus-weight, the others 1
+        in_focus = lambda w: w == config.focus_weight and w != 1.0  # noqa: E731
+    source = str(config.forget)
+    return {
+        "source_name": source if source.startswith("hf:") else Path(source).name,
+        "sha256": source_sha256(source),
+        "fingerprint": fingerprint,
+        "sequences": len(tokenized),
+        "tokens": sum(len(t.input_ids) for t in tokenized),
+        "trained_sequences": len(trainable),
+        "target_tokens": sum(1 for i in trainable for w in weights[i][1:] if w > 0),
+        "focus_tokens": sum(1 for i in trainable for w in weights[i][1:] if in_focus(w)),
+        "focus": config.focus,
+        "focus_mode": config.focus_mode,
+        "sample_ids": [t.example.id for t in tokenized],
+        "sample_tokens": [len(t.input_ids) for t in tokenized],
+    }
+
+
+def prefix_length(item) -> int:
+    """Tokens of a forget sequence given as the prompt: the prefix the data names
+    (``prefix`` + ``suffix`` JSONL), else the first half. At least one token, and at least one
+    left to continue."""
+    ids, prefix_chars = item.input_ids, item.example.prefix_chars
+    if prefix_chars is not None:
+        cut = 0
+        while cut < len(ids) and item.offsets[cut][1] <= prefix_chars:
+            cut += 1
+    else:
+        cut = len(ids) // 2
+    return max(1, min(cut, len(ids) - 1))
+
+
+def _match_record(generated: list[int], truth: list[int]) -> dict:
+    match = [int(g == t) for g, t in zip(generated, truth)]
+    longest = run = 0
+    for hit in match:
+        run = run + 1 if hit else 0
+        longest = max(longest, run)
+    return {"match": match, "matched": sum(match), "longest_run": longest}
+
+
+def _pieces(tokenizer, context: list[int], ids: list[int]) -> list[str]:
+    """The text each token adds after ``context``, decoded incrementally so that byte-level
+    and SentencePiece tokens keep their spaces and multi-byte characters."""
+    def text(tokens: list[int]) -> str:
+        return tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    pieces, previous = [], text(context)
+    for i in range(len(ids)):
+        current = text(context + ids[: i + 1])
+        pieces.append(current[len(previous):] if current.startswith(previous) else text(ids[i : i + 1]))
+        previous = current
+    return pieces
+
+
+def forget_continuations(
+    model,
+    tokenizer,
+    items: Sequence,
+    *,
+    original=None,
+    adapters_off: bool = False,
+    new_tokens: int = DEFAULT_NEW_TOKENS,
+    show_text: bool = False,
+) -> dict:
+    """Greedy continuations of the first forget prefixes, before unlearning and after, each
+    token marked by whether it is the true next token. ``model`` is the unlearned network;
+    the original is ``model`` with its LoRA adapters off (``adapters_off``), or ``original``
+    (a frozen copy); with neither, only "after" is generated. The text is kept only with
+    ``show_text``: the default record is the match masks alone."""
+    from .metrics.decoding import choose_argmax, decode, evaluating
+
+    record = {"new_tokens": new_tokens, "prefix": "the prefix the data gives, else the first half of each sequence",
+              "text_stored": show_text, "samples": []}
+    if not items:
+        return record
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    cuts = [prefix_length(item) for item in items]
+    prefixes = [item.input_ids[:cut] for item, cut in zip(items, cuts)]
+    truths = [item.input_ids[cut : cut + new_tokens] for item, cut in zip(items, cuts)]
+
+    def generate(net, context=None) -> list[list[int]]:
+        with context if context is not None else contextlib.nullcontext(), evaluating(net):
+            return decode(net, prefixes, [len(t) for t in truths], choose_argmax, pad_token_id=pad)
+
+    before = None
+    if adapters_off:
+        before = generate(model, model.disable_adapter())
+    elif original is not None:
+        before = generate(original)
+    after = generate(model)
+    for index, item in enumerate(items):
+        sample: dict[str, Any] = {
+            "id": item.example.id, "prefix_tokens": cuts[index], "continuation_tokens": len(truths[index]),
+        }
+        for label, generated in (("before", before), ("after", after)):
+            sample[label] = None if generated is None else _match_record(generated[index], truths[index])
+            if show_text and generated is not None:
+                sample[label]["pieces"] = _pieces(tokenizer, prefixes[index], generated[index])
+        if show_text:
+            sample["prefix"] = tokenizer.decode(prefixes[index], skip_special_tokens=True)
+            sample["truth"] = _pieces(tokenizer, prefixes[index], truths[index])
+        record["samples"].append(sample)
+    return record
+
+
+# --- reading a run directory -------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
+
+
+def _is_eval_report(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("models"), dict) and isinstance(data.get("results"), dict)
+
+
+def _find_eval_json(run_dir: Path) -> Path | None:
+    """``eval.json``, else (a directory that holds no unlearned model) a JSON written by
+    ``unmemorize eval --json`` under another name."""
+    if (run_dir / "eval.json").is_file():
+        return run_dir / "eval.json"
+    if (run_dir / "metrics.json").exists():
+        return None
+    for path in sorted(run_dir.glob("*.json")):
+        if path.name in ("comparison.json", "demo.json", SAMPLES_FILE) or path.stat().st_size > _MAX_SCANNED_JSON:
+            continue
+        try:
+            if _is_eval_report(json.loads(path.read_text(encoding="utf-8"))):
+                return path
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def fmt(value: Any) -> str:
+    """A table cell: 4 significant digits, '–' for missing, 'n/a' for NaN."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(fmt(v) for v in value) or "–"
+    return str(value)
+
+
+def _md_text(value: Any) -> str:
+    """Text in markdown: HTML-escaped (the file may be rendered as HTML), markdown markup and
+    table pipes escaped, newlines shown as ⏎."""
+    text = html.escape(str(value), quote=False)
+    text = re.sub(r"([\\`*_\[\]|#~])", r"\\\1", text)
+    return text.replace("\r\n", "\n").replace("\n", " ⏎ ")
+
+
+def _segments(pieces: Sequence[str], match: Sequence[int]) -> list[tuple[str, bool]]:
+    """Consecutive pieces merged by whether they were reproduced: [(text, highlighted)]."""
+    merged: list[tuple[str, bool]] = []
+    for piece, hit in zip(pieces, match):
+        if merged and merged[-1][1] == bool(hit):
+            merged[-1] = (merged[-1][0] + piece, bool(hit))
+        else:
+            merged.append((piece, bool(hit)))
+    return merged
+
+
+def _highlight(text: str, values: Sequence[str]) -> list[tuple[str, bool]]:
+    """``text`` cut into segments, those equal to one of ``values`` highlighted."""
+    values = sorted({v for v in values if v}, key=len, reverse=True)
+    if not values:
+        return [(text, False)]
+    pattern = re.compile("|".join(re.escape(v) for v in values))
+    segments, start = [], 0
+    for found in pattern.finditer(text):
+        if found.start() > start:
+            segments.append((text[start : found.start()], False))
+        segments.append((found.group(), True))
+        start = found.end()
+    if start < len(text):
+        segments.append((text[start:], False))
+    return segments
+
+
+class _Figures:
+    """PNGs of one report: inlined as data URIs in the HTML, linked as files from the markdown."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict] = {}
+
+    def add(self, name: str, title: str, png: bytes) -> dict:
+        if not png.startswith(PNG_SIGNATURE):
+            raise ValueError(f"figure {name} is not a PNG")
+        figure = {
+            "name": name, "title": title, "png": png, "file": f"{ASSETS_DIR}/{name}.png",
+            "data_uri": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+        }
+        self.items[name] = figure
+        return figure
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+def _threshold_levels(thresholds: dict | None, keys: Sequence[str]) -> dict:
+    """metrics.json keeps thresholds as {"ma": .., "el": ..}; the EL one is for the first EL_n."""
+    thresholds = thresholds or {}
+    first_el = next((k for k in keys if k.startswith("el_")), None)
+    levels = {"ma": thresholds.get("ma")}
+    if first_el is not None:
+        levels[first_el] = thresholds.get("el")
+    return {k: v for k, v in levels.items() if _finite(v)}
+
+
+def _continuations_context(samples: dict | None, show_text: bool) -> dict:
+    if samples is None:
+        return {"available": False}
+    stored = bool(samples.get("text_stored"))
+    shown = show_text and stored
+    rows = []
+    for sample in samples.get("samples", []):
+        outputs = []
+        for label in ("before", "after"):
+            record = sample.get(label)
+            if record is None:
+                outputs.append({"label": label, "missing": True})
+                continue
+            match = record.get("match", [])
+            outputs.append({
+                "label": label, "missing": False, "matched": record.get("matched", sum(match)),
+                "total": len(match), "longest_run": record.get("longest_run"),
+                "mask": "".join(MATCH if hit else MISS for hit in match),
+                "segments": _segments(record["pieces"], match) if shown and "pieces" in record else None,
+            })
+        rows.append({
+            "id": sample.get("id"), "prefix_tokens": sample.get("prefix_tokens"),
+            "continuation_tokens": sample.get("continuation_tokens"), "outputs": outputs,
+            "prefix": sample.get("prefix") if shown else None,
+            "truth": "".join(sample.get("truth", [])) if shown else None,
+        })
+    if shown:
+        notice = ("Forget-set text shown (--show-text). Generated tokens equal to the memorized next "
+                  "token are highlighted.")
+    elif stored:
+        notice = ("Forget-set text redacted: █ marks a generated token equal to the memorized next token, "
+                  "· any other. This run stored the text; re-render with `unmemorize report DIR --show-text` "
+                  "to show it.")
+    else:
+        notice = ("Forget-set text redacted: █ marks a generated token equal to the memorized next token, "
+                  "· any other. No forget-set text is stored in this directory; rerun the unlearning with "
+                  "--show-text to store and show it.")
+    if show_text and not stored:
+        notice += " (--show-text can only show text a run stored.)"
+    return {"available": True, "shown": shown, "notice": notice, "rows": rows,
+            "new_tokens": samples.get("new_tokens"), "prefix_rule": samples.get("prefix")}
+
+
+def _unlearn_context(metrics: dict, config: dict, samples: dict | None, figures: _Figures | None,
+                     show_text: bool) -> dict:
+    """An unlearning run from its metrics.json, unlearn_config.json and samples.json; figures
+    are drawn only when ``figures`` collects them (the model card has none)."""
+    before, after = metrics.get("before") or {}, metrics.get("after") or {}
+    keys = list(before.get("mean", {}))
+    data = metrics.get("data") or {}
+    before_samples, after_samples = before.get("samples", []), after.get("samples", [])
+    ids = data.get("sample_ids") or [str(i) for i in range(len(before_samples))]
+    tokens = data.get("sample_tokens") or [None] * len(ids)
+    reference = {k: v for k, v in (metrics.get("reference_levels") or {}).items() if k in keys}
+    thresholds = _threshold_levels(metrics.get("thresholds"), keys)
+    rows = [{"id": ids[i] if i < len(ids) else str(i), "tokens": tokens[i] if i < len(tokens) else None,
+             "before": before_samples[i], "after": after_samples[i] if i < len(after_samples) else {}}
+            for i in range(len(before_samples))]
+    steps, epochs = metrics.get("steps") or [], metrics.get("epochs") or []
+    memo_figure = training_figure = None
+    if figures is not None:
+        from .plots import memorization_plot, training_plot  # matplotlib: only when drawing
+    if figures is not None and before_samples:
+        memo_figure = figures.add("memorization", "Memorization per forget sample", memorization_plot(
+            [r["id"] for r in rows], before_samples, after_samples, keys, reference, thresholds))
+    if figures is not None and (steps or epochs):
+        training_figure = figures.add("training", "Training curves",
+                                      training_plot(steps, epochs, before.get("mean", {}), reference))
+    losses = [s["loss"] for s in steps if _finite(s.get("loss"))]
+    return {
+        "model": metrics.get("model"), "method": metrics.get("method"),
+        "stopped_because": metrics.get("stopped_because"), "wall_time_s": metrics.get("wall_time_s"),
+        "peak_memory_mb": metrics.get("peak_memory_mb"), "version": metrics.get("unmemorize_version"),
+        "resumed_from_step": metrics.get("resumed_from_step"),
+        "config": list(config.items()), "data": data, "metric_keys": keys, "rows": rows,
+        "means": {"before": before.get("mean", {}), "after": after.get("mean", {})},
+        "reference": reference, "reference_source": (metrics.get("reference_levels") or {}).get("source"),
+        "thresholds": thresholds, "epochs": epochs,
+        "steps": {"count": len(steps), "first_loss": losses[0] if losses else None,
+                  "last_loss": losses[-1] if losses else None, "min_loss": min(losses) if losses else None},
+        "without_focus": metrics.get("sequences_without_focus") or [],
+        "memorization_figure": memo_figure, "training_figure": training_figure,
+        "continuations": _continuations_context(samples, show_text),
+    }
+
+
+def _eval_context(report: dict, source: Path, figures: _Figures) -> dict:
+    from .evaluate import comparison_rows
+    from .plots import memorization_plot
+
+    labels = list(report["models"])
+    rows = []
+    for key, values in comparison_rows(report):
+        change = None
+        if len(values) == 2 and all(_finite(v) for v in values):
+            change = values[1] - values[0]
+        rows.append({"metric": key, "values": values, "change": change})
+    figure = None
+    memo = [report["results"][label].get("memorization") or {} for label in labels]
+    keys = [k for k in (memo[0].get("forget_samples") or [{}])[0] if k in memo[0].get("reference", {})]
+    if len(labels) == 2 and keys and all(m.get("forget_samples") for m in memo):
+        reference = {k: memo[0]["reference"][k] for k in keys}
+        figure = figures.add("eval_memorization", "Forget-set memorization, per sample", memorization_plot(
+            [str(i) for i in range(len(memo[0]["forget_samples"]))], memo[0]["forget_samples"],
+            memo[1]["forget_samples"], keys, reference, labels=(labels[0], labels[1])))
+    timings = [(label, suite, seconds) for label, suites in (report.get("timings_s") or {}).items()
+               for suite, seconds in suites.items()]
+    return {
+        "file": source.name, "models": [(label, report["models"][label]) for label in labels],
+        "labels": labels, "judge": report.get("judge"), "rows": rows, "timings": timings,
+        "wall_time_s": report.get("wall_time_s"), "config": list((report.get("config") or {}).items()),
+        "figure": figure,
+    }
+
+
+def _comparison_rows(data: Any) -> list[dict]:
+    """comparison.json as a list of row objects, whichever of the usual shapes it has."""
+    if isinstance(data, dict):
+        for key in ("rows", "runs", "results"):
+            if isinstance(data.get(key), list):
+                return [r for r in data[key] if isinstance(r, dict)]
+        if data and all(isinstance(v, dict) for v in data.values()):
+            return [{"name": name, **row} for name, row in data.items()]
+        return []
+    if isinstance(data, list):
+        return [r for r in data if isinstance(r, dict)]
+    return []
+
+
+def _compare_context(run_dir: Path, figures: _Figures) -> dict:
+    data = _read_json(run_dir / "comparison.json")
+    rows = _comparison_rows(data)
+    columns: list[str] = []
+    for row in rows:
+        for key, value in row.items():
+            # Nested values (per-run configs, sample lists) do not fit a table cell.
+            if key not in columns and not isinstance(value, (dict, list)):
+                columns.append(key)
+    figure = None
+    plot = run_dir / "tradeoff.png"
+    if plot.is_file() and plot.read_bytes().startswith(PNG_SIGNATURE):
+        figure = figures.add("tradeoff", "Trade-off: memorization vs utility", plot.read_bytes())
+    extra = {k: v for k, v in data.items() if not isinstance(v, (dict, list))} if isinstance(data, dict) else {}
+    return {
+        "columns": columns, "rows": [[row.get(c) for c in columns] for row in rows], "figure": figure,
+        "csv": [name for name in ("comparison.csv", "tradeoff.csv") if (run_dir / name).is_file()],
+        "extra": list(extra.items()),
+    }
+
+
+DEMO_SUMMARY = (
+    ("PII of forgotten customers leaked", "pii_leaked_before", "pii_leaked_after"),
+    ("PII of kept customers leaked", "kept_pii_leaked_before", "kept_pii_leaked_after"),
+    ("MA, forgotten customers", "forget_ma_before", "forget_ma_after"),
+    ("MA, kept customers", "kept_ma_before", "kept_ma_after"),
+    ("general-text perplexity", "general_ppl_before", "general_ppl_after"),
+)
+
+
+def _demo_context(run_dir: Path, figures: _Figures) -> dict:
+    from .plots import before_after_bars
+
+    demo = _read_json(run_dir / "demo.json")
+    if not isinstance(demo, dict):
+        raise UserError(f"{run_dir / 'demo.json'} is not a JSON object")
+    summary = demo.get("summary") or {}
+    rows = [{"label": label, "before": summary.get(b), "after": summary.get(a)} for label, b, a in DEMO_SUMMARY
+            if b in summary or a in summary]
+
+    def leaks(records: Any) -> list[dict]:
+        out = []
+        for record in records or []:
+            pii = record.get("pii") or []
+            out.append({
+                "customer": record.get("customer"), "prompt": record.get("prompt", ""),
+                "segments": _highlight(record.get("completion", ""), [p.get("value", "") for p in pii if p.get("leaked")]),
+                "pii": pii, "leaked": sum(1 for p in pii if p.get("leaked")),
+            })
+        return out
+
+    figure = None
+    counts = ("pii_leaked_before", "pii_leaked_after", "kept_pii_leaked_before", "kept_pii_leaked_after")
+    if all(_finite(summary.get(k)) for k in counts):
+        figure = figures.add("demo_leaks", "PII reproduced before and after", before_after_bars(
+            ["forgotten customers", "kept customers"],
+            [summary["pii_leaked_before"], summary["kept_pii_leaked_before"]],
+            [summary["pii_leaked_after"], summary["kept_pii_leaked_after"]],
+            "PII values reproduced by the model", "PII values leaked"))
+    return {
+        "model": demo.get("model"), "records": demo.get("records"), "passed": demo.get("passed"),
+        "synthetic": demo.get("synthetic", True), "pii_total": summary.get("pii_total"),
+        "forgotten": demo.get("forgotten_customers") or [], "kept": demo.get("kept_customers") or [],
+        "summary": rows, "timings": list((demo.get("timings_s") or {}).items()),
+        "leak_before": leaks(demo.get("leak_before")), "leak_after": leaks(demo.get("leak_after")),
+        "figure": figure,
+    }
+
+
+# --- rendering -----------------------------------------------------------------------------
+
+
+def _environment(autoescape: bool) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("unmemorize", "templates"), autoescape=autoescape,
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
+    )
+    env.filters["fmt"] = fmt
+    env.filters["md"] = _md_text
+    env.filters["label"] = lambda key: str(key).upper().replace("_", "-") if re.fullmatch(r"(ma|el_\d+)", str(key)) else key
+    return env
+
+
+def _write_atomic(path: Path, content: str | bytes) -> None:
+    """Write under a temporary name beside ``path``, then rename: never half a file."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _title(kind: str, unlearn: dict | None) -> str:
+    if kind == "unlearn" and unlearn is not None:
+        return f"Unlearning report: {unlearn['model']} ({unlearn['method']})"
+    return {"eval": "Evaluation report", "compare": "Comparison report", "demo": "Demo report"}.get(kind, "Report")
+
+
+def write_report(run_dir: Path, show_text: bool = False, *, eval_json: Path | None = None) -> tuple[Path, Path]:
+    """Render ``report.md`` and ``report.html`` in ``run_dir`` (and the model card ``README.md``
+    of an unlearned model directory) from the files the run left there; returns (md, html).
+    ``eval_json``: the evaluation results when they are not ``run_dir/eval.json``."""
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a directory")
+    metrics_path = run_dir / "metrics.json"
+    eval_path = Path(eval_json) if eval_json is not None else _find_eval_json(run_dir)
+    has_compare, has_demo = (run_dir / "comparison.json").is_file(), (run_dir / "demo.json").is_file()
+    if not (metrics_path.is_file() or eval_path or has_compare or has_demo):
+        raise UserError(f"no metrics.json, eval.json or comparison.json in {run_dir}: not an unmemorize run directory")
+
+    figures = _Figures()
+    unlearn = metrics = config = evaluation = None
+    reading = metrics_path
+    try:  # files of another version or edited by hand: one clear error, not a traceback
+        if metrics_path.is_file():
+            metrics = _read_json(metrics_path)
+            config_path, samples_path = run_dir / "unlearn_config.json", run_dir / SAMPLES_FILE
+            config = _read_json(config_path) if config_path.is_file() else {}
+            samples = _read_json(samples_path) if samples_path.is_file() else None
+            unlearn = _unlearn_context(metrics, config, samples, figures, show_text)
+        if eval_path is not None:
+            reading = eval_path
+            report = _read_json(eval_path)
+            if not _is_eval_report(report):
+                raise UserError(f"{eval_path} is not the JSON of `unmemorize eval` (no 'models' and 'results')")
+            evaluation = _eval_context(report, eval_path, figures)
+        reading = run_dir / "comparison.json"
+        compare = _compare_context(run_dir, figures) if has_compare else None
+        reading = run_dir / "demo.json"
+        demo = _demo_context(run_dir, figures) if has_demo else None
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
+        raise UserError(f"cannot render a report from {reading}: unexpected content "
+                        f"({type(error).__name__}: {error})") from None
+    kind = "unlearn" if unlearn else "compare" if compare else "demo" if demo else "eval"
+    context = {
+        "title": _title(kind, unlearn), "kind": kind, "version": __version__, "directory": run_dir.name,
+        "unlearn": unlearn, "eval": evaluation, "compare": compare, "demo": demo,
+        "match_symbol": MATCH, "miss_symbol": MISS,
+    }
+    if "tradeoff" in figures.items:
+        figures.items["tradeoff"]["file"] = "tradeoff.png"  # already beside the report
+    for figure in figures.items.values():
+        if figure["name"] != "tradeoff":
+            (run_dir / ASSETS_DIR).mkdir(exist_ok=True)
+            _write_atomic(run_dir / figure["file"], figure["png"])
+    md_path, html_path = run_dir / REPORT_MD, run_dir / REPORT_HTML
+    _write_atomic(md_path, _environment(autoescape=False).get_template("report.md.j2").render(context))
+    _write_atomic(html_path, _environment(autoescape=True).get_template("report.html.j2").render(context))
+    if metrics is not None and (run_dir / "config.json").is_file():  # a saved model: its card
+        _write_atomic(run_dir / MODEL_CARD, model_card(metrics, config, run_dir.name))
+    return md_path, html_path
+
+
+def model_card(metrics: dict, config: dict, directory: str) -> str:
+    """The ``README.md`` of an unlearned model directory: where it came from, how it was made,
+    what it forgot (counts and hashes, never text) and how well, and how to load it. Built from
+    the run's metrics and config alone, so training writes it with the model."""
+    context = {"u": _unlearn_context(metrics, config, None, None, False), "directory": directory,
+               "version": __version__, "config": config}
+    return _environment(autoescape=False).get_template("model_card.md.j2").render(context)

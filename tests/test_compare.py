@@ -1,0 +1,217 @@
+"""`unmemorize compare` on tiny models: the table, CSV, JSON and plot it writes, skipping finished
+runs, rerunning changed ones, and the errors of a bad comparison file."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+
+import unmemorize.compare as compare
+from unmemorize.cli import main
+from unmemorize.compare import expand_env, load_config, make_plans, parse_config
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TEXTS = [
+    "Alice Johnson lives at 42 Baker Street in London.",
+    "Contact mary.jones@example.com for the account.",
+    "In 1999 the company Acme Corp opened an office.",
+    "The quick brown fox jumps over the lazy dog.",
+]
+
+
+def cli(args) -> int:
+    try:
+        main(args)
+    except SystemExit as exit_info:
+        return exit_info.code
+    return 0
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def setting(tiny_models, tmp_path):
+    """A comparison file for two tiny runs and an inference-time one, on a tiny model."""
+    forget = write_jsonl(tmp_path / "forget.jsonl", [{"text": t} for t in TEXTS])
+    reference = tmp_path / "unseen.txt"
+    reference.write_text("Some other sentence about the weather today.\nA second unseen line of text here.\n")
+    nlu = tmp_path / "nlu"
+    nlu.mkdir()
+    write_jsonl(nlu / "copa.jsonl", [
+        {"query": "The man turned on the faucet, therefore", "choices": ["water flowed.", "the dog slept."], "gold": 0},
+        {"query": "Bob smiled, therefore", "choices": ["Alice smiled back.", "the sky fell."], "gold": 1},
+    ])
+    write_jsonl(nlu / "piqa.jsonl", [
+        {"query": "Question: How do I open a door?\n", "choices": ["Turn the handle.", "Eat the key."], "gold": 0},
+    ])
+    config = {
+        "model": str(tiny_models["llama"]), "forget": str(forget), "reference": str(reference),
+        "lr": "1e-2", "batch-size": 2, "max_steps": 2, "el-n": [2], "el_stride": 4, "stop_ma": "auto",
+        "eval": {"quick": True, "suites": "memorization,nlu", "nlu_tasks": ["copa", "piqa"],
+                 "nlu_dir": str(nlu), "reference": str(reference), "paper_el": False},
+        "runs": [
+            {"name": "di-g10", "method": "di", "strength": 10},
+            {"name": "ga", "method": "ga", "lr": 1e-3, "lora": False},
+            {"name": "dpd", "method": "dpd", "dpd-lambda": 0.5},
+        ],
+    }
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, config
+
+
+def test_compare_writes_results_and_skips_finished_runs(setting, tmp_path, monkeypatch, capsys):
+    path, config = setting
+    out, runs = tmp_path / "results", tmp_path / "weights"
+    calls = []
+    real_unlearn = compare.unlearn
+
+    def counting_unlearn(cfg, reporter=None):
+        calls.append(cfg.method)
+        return real_unlearn(cfg, reporter)
+
+    monkeypatch.setattr(compare, "unlearn", counting_unlearn)
+    assert cli(["compare", "--config", str(path), "--out", str(out), "--runs-dir", str(runs)]) == 0
+    assert calls == ["di", "ga", "dpd"]
+    comparison = json.loads((out / "comparison.json").read_text())
+    rows = {r["run"]: r for r in comparison["rows"]}
+    assert list(rows) == ["original", "di-g10", "ga", "dpd"]
+    for row in rows.values():
+        assert 0 <= row["forget_ma"] <= 1 and 0 <= row["nlu_avg"] <= 1 and row["eval_s"] >= 0
+    assert rows["original"]["steps"] is None and rows["ga"]["steps"] >= 1 and rows["dpd"]["steps"] == 0
+    assert rows["di-g10"]["params"].startswith("γ=10, LoRA, lr=0.01") and "full" in rows["ga"]["params"]
+    assert rows["dpd"]["params"] == "λ=0.5"
+    assert comparison["forgotten_level_ma"] == rows["original"]["reference_ma"]
+    with (out / "comparison.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["run"] for r in table] == list(rows) and "forget_el_2" in table[0]
+    markdown = (out / "comparison.md").read_text()
+    assert all(f"| {name} |" in markdown for name in rows) and "forget EL-2" in markdown
+    png = (out / "tradeoff.png").read_bytes()
+    assert png.startswith(PNG) and len(png) > 1000
+    with (out / "tradeoff.csv").open() as handle:
+        plotted = list(csv.DictReader(handle))
+    assert [r["is_original"] for r in plotted] == ["True", "False", "False", "False"]
+    for name in rows:
+        assert json.loads((out / "evals" / f"{name}.json").read_text())["request"]
+    # Weights live under --runs-dir; the results folder holds small files only.
+    assert (runs / "ga" / "model.safetensors").is_file() and (runs / "dpd" / "dpd.json").is_file()
+    assert not list(out.rglob("*.safetensors"))
+    # The tiny forget texts never reach the results.
+    for file in out.rglob("*"):
+        if file.is_file():
+            assert TEXTS[0].encode() not in file.read_bytes(), file
+
+    capsys.readouterr()
+    assert cli(["compare", "--config", str(path), "--out", str(out), "--runs-dir", str(runs)]) == 0
+    shown = capsys.readouterr().err
+    assert all(f"skip {name} (done)" in shown for name in rows) and calls == ["di", "ga", "dpd"]
+
+    config["runs"][1]["lr"] = 2e-3  # a changed run is redone, and only that one
+    path.write_text(yaml.safe_dump(config))
+    assert cli(["compare", "--config", str(path), "--out", str(out), "--runs-dir", str(runs)]) == 0
+    assert calls == ["di", "ga", "dpd", "ga"]
+    assert "skip di-g10 (done)" in capsys.readouterr().err
+
+
+def test_a_run_trained_but_not_evaluated_is_only_evaluated(setting, tmp_path, monkeypatch):
+    path, config = setting
+    config["runs"] = config["runs"][:1]
+    config["eval"]["suites"] = ["memorization"]
+    path.write_text(yaml.safe_dump(config))
+    real_eval = compare.run_eval
+
+    def eval_fails_on_runs(cfg, reporter=None):
+        if cfg.judge is not None:  # a run's evaluation (the original has no separate judge)
+            raise KeyboardInterrupt
+        return real_eval(cfg, reporter)
+
+    monkeypatch.setattr(compare, "run_eval", eval_fails_on_runs)
+    out, runs = tmp_path / "results", tmp_path / "weights"
+    with pytest.raises(KeyboardInterrupt):
+        compare.run_compare(load_config(path), out, runs)
+    assert (runs / "di-g10" / "model.safetensors").is_file() and not (out / "evals" / "di-g10.json").exists()
+    monkeypatch.setattr(compare, "run_eval", real_eval)
+    monkeypatch.setattr(compare, "unlearn", lambda *a, **k: pytest.fail("trained again"))
+    messages = []
+
+    class Collect(compare.CompareReporter):
+        def message(self, text):
+            messages.append(text)
+
+    result = compare.run_compare(load_config(path), out, runs, Collect())
+    assert any("skip original (done)" in m for m in messages)
+    assert any("trained model found" in m for m in messages)
+    assert [r["run"] for r in result["rows"]] == ["original", "di-g10"]
+    # Memorization only: the plot falls back to MA on unseen text as its utility axis.
+    assert (out / "tradeoff.png").read_bytes().startswith(PNG)
+
+
+def base_config(**extra):
+    return {"model": "m", "forget": "f.txt", "runs": [{"name": "a", "method": "di"}], **extra}
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c.pop("runs"), "has no runs"),
+    (lambda c: c.update(runs=[]), "has no runs"),
+    (lambda c: c.update(runs=[{"name": "a", "method": "di"}, {"name": "a", "method": "ga"}]), "duplicate run name 'a'"),
+    (lambda c: c.update(runs=[{"name": "original", "method": "di"}]), "row of the original model"),
+    (lambda c: c.update(runs=[{"name": "x y", "method": "di"}]), "needs a `name`"),
+    (lambda c: c.update(runs=[{"name": "a"}]), "needs a `method`"),
+    (lambda c: c.update(runs=[{"name": "a", "method": "di", "strenght": 3}]), "unknown key 'strenght' in run 'a'"),
+    (lambda c: c.update(lr="fast"), "'lr' in the config must be of type float"),
+    (lambda c: c.update(eval={"suits": ["nlu"]}), "unknown key 'suits' under eval:"),
+    (lambda c: c.pop("forget"), "needs `forget`"),
+    (lambda c: c.update(forget="${UNMEMORIZE_TEST_UNSET_VAR}/f.txt"), "UNMEMORIZE_TEST_UNSET_VAR is not set"),
+])
+def test_bad_comparison_files(change, message):
+    config = base_config()
+    change(config)
+    with pytest.raises(compare.UserError, match=message):
+        parse_config(config, "the config")
+
+
+@pytest.mark.parametrize("run,message", [
+    ({"name": "u", "method": "unlearn-harder"}, "run 'u': unknown method 'unlearn-harder'"),
+    ({"name": "g", "method": "gd"}, "run 'g': --method gd needs --retain FILE"),
+    ({"name": "s", "method": "ga", "strength": 3}, "run 's': --strength does not apply to --method ga"),
+])
+def test_runs_are_checked_before_anything_runs(tmp_path, run, message):
+    config = parse_config(base_config(runs=[{"name": "ok", "method": "di"}, run]))
+    with pytest.raises(compare.UserError, match=message):
+        make_plans(config, tmp_path)
+
+
+def test_compare_cli_errors_are_one_line(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base_config(runs=[{"name": "a", "method": "nope"}])))
+    assert cli(["compare", "--config", str(path), "--out", str(tmp_path / "o")]) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert "unknown method 'nope'" in stderr and len(stderr.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_environment_variables_with_nested_defaults(monkeypatch):
+    monkeypatch.setenv("UNMEMORIZE_TEST_DATA", "/data")
+    monkeypatch.delenv("UNMEMORIZE_TEST_FORGET", raising=False)
+    value = "${UNMEMORIZE_TEST_FORGET:-${UNMEMORIZE_TEST_DATA:-../shared/data}/forget.csv}"
+    assert expand_env(value) == "/data/forget.csv"
+    monkeypatch.setenv("UNMEMORIZE_TEST_FORGET", "/mine.csv")
+    assert expand_env({"a": [value]}) == {"a": ["/mine.csv"]}
+    monkeypatch.delenv("UNMEMORIZE_TEST_DATA")
+    monkeypatch.delenv("UNMEMORIZE_TEST_FORGET")
+    assert expand_env(value) == "../shared/data/forget.csv"
+
+
+def test_yaml_values_take_the_option_types():
+    config = parse_config(base_config(lr="2e-3", **{"stop-ma": "auto", "stop_el": "0.1", "el_n": 10,
+                                                     "eval": {"quick": True, "nlu_limit": "20", "suites": "memorization"}}))
+    assert config.shared["lr"] == 0.002 and config.shared["stop_ma"] == "auto" and config.shared["stop_el"] == 0.1
+    assert config.shared["el_n"] == [10] and config.eval == {"nlu_limit": 20, "suites": ["memorization"]}
+    assert config.quick is True

@@ -1,0 +1,413 @@
+"""Reports of every run: report.md + self-contained report.html, the model card, redaction of
+the forget set by default and its text with --show-text, `unmemorize report DIR`, and the eval,
+compare and demo sections."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import re
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import make_model_dir
+from unmemorize import report as report_module
+from unmemorize.cli import main
+from unmemorize.data import Example, TokenizedExample
+from unmemorize.errors import UserError
+from unmemorize.plots import before_after_bars
+from unmemorize.report import MATCH, MISS, fmt, prefix_length, write_report
+
+MARKER = "MARKER-5e1d-DO-NOT-LEAK"
+TEXTS = [
+    f"Alice Johnson lives at 42 Baker Street in London, code {MARKER}.",
+    f"Contact mary.jones@example.com about {MARKER} for the account.",
+    f"In 1999 the company Acme Corp ({MARKER}) opened an office.",
+    f"The quick brown fox {MARKER} jumps over the lazy dog.",
+]
+SECTIONS = ("Run", "Forget set", "Memorization before and after", "Training",
+            "Continuations of forget prefixes", "Configuration")
+
+
+def run_cli(args: list[str]) -> tuple[int, str]:
+    """Exit code and everything printed (stdout and stderr) of one command."""
+    buffer = io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        try:
+            main(args)
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, buffer.getvalue()
+
+
+@contextlib.contextmanager
+def one_thread():
+    """As the autouse fixture does for each test, for the module fixtures (set up before it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def inline_images(page: str) -> list[bytes]:
+    sources = re.findall(r'<img [^>]*src="([^"]*)"', page)
+    assert all(s.startswith("data:image/png;base64,") for s in sources), sources
+    return [base64.b64decode(s.split(",", 1)[1]) for s in sources]
+
+
+def assert_self_contained(page: str) -> None:
+    images = inline_images(page)
+    assert images and all(min(png_size(png)) > 50 for png in images)
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    # Nothing the browser would fetch: no external images, scripts, stylesheets or CSS urls.
+    assert not re.search(r"<script|<link|@import|url\(|src=\"(?!data:)", page)
+
+
+def files_of(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob("*") if p.is_file()]
+
+
+@pytest.fixture(scope="module")
+def forget_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("forget") / "forget.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t, "id": f"doc-{i}"}) for i, t in enumerate(TEXTS)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def redacted_run(tiny_models, forget_file, tmp_path_factory) -> tuple[Path, str]:
+    """A run through the CLI, without --show-text: its directory and everything it printed."""
+    out = tmp_path_factory.mktemp("redacted") / "run"
+    with one_thread():
+        code, printed = run_cli(["unlearn", "--model", str(tiny_models["llama"]), "--forget", str(forget_file),
+                                 "--max-steps", "2", "--batch-size", "2", "--el-n", "2", "--lr", "0.01",
+                                 "--out", str(out)])
+    assert code == 0, printed
+    return out, printed
+
+
+@pytest.fixture(scope="module")
+def copy_model(tmp_path_factory) -> Path:
+    """A tiny Llama that predicts its current token again (blocks zeroed, head = embeddings):
+    it has "memorized" any run of one repeated token, so continuations really match."""
+    directory = make_model_dir(tmp_path_factory.mktemp("copy-model"), "llama")
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.copy_(model.model.embed_tokens.weight)
+    model.save_pretrained(directory)
+    return directory
+
+
+# --- an unlearning run -----------------------------------------------------------------------
+
+
+def test_unlearn_writes_a_self_contained_report_and_a_model_card(redacted_run, forget_file):
+    run, printed = redacted_run
+    page = (run / "report.html").read_text()
+    markdown = (run / "report.md").read_text()
+    for section in SECTIONS:
+        assert f"{section}</h2>" in page and f"## {section}\n" in markdown, section
+    assert_self_contained(page)
+    assert len(inline_images(page)) == 2  # memorization per sample, training curves
+    # The markdown links the same figures as files beside it.
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert sorted(links) == ["report_files/memorization.png", "report_files/training.png"]
+    assert all(min(png_size((run / link).read_bytes())) > 50 for link in links)
+    assert f"report written to {run / 'report.html'}" in printed
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    sha = hashlib.sha256(forget_file.read_bytes()).hexdigest()
+    assert metrics["data"]["sha256"] == sha and metrics["data"]["sequences"] == 4
+    assert metrics["data"]["sample_ids"] == ["doc-0", "doc-1", "doc-2", "doc-3"]
+    for sample_id in metrics["data"]["sample_ids"]:
+        assert f"<td>{sample_id}</td>" in page
+    card = (run / "README.md").read_text()
+    assert sha in card and metrics["data"]["fingerprint"] in card
+    assert "| sequences | 4 (4 trained on) |" in card
+    assert f"| MA (mean) | {fmt(metrics['before']['mean']['ma'])} | {fmt(metrics['after']['mean']['ma'])} |" in card
+    assert "AutoModelForCausalLM.from_pretrained" in card and "| lr | 0.01 |" in card
+
+
+def test_by_default_no_forget_text_is_written_or_printed(redacted_run):
+    run, printed = redacted_run
+    assert MARKER not in printed
+    scanned = files_of(run)
+    assert {"report.md", "report.html", "README.md", "samples.json", "metrics.json"} <= {p.name for p in scanned}
+    for path in scanned:
+        assert MARKER.encode() not in path.read_bytes(), path
+    samples = json.loads((run / "samples.json").read_text())
+    assert samples["text_stored"] is False and len(samples["samples"]) == 3
+    for sample in samples["samples"]:
+        assert not {"prefix", "truth"} & set(sample)
+        for label in ("before", "after"):
+            assert set(sample[label]) == {"match", "matched", "longest_run"}
+            assert len(sample[label]["match"]) == sample["continuation_tokens"] > 0
+    page = (run / "report.html").read_text()
+    assert "Forget-set text redacted" in page
+    assert "--show-text to store and show it" in page and "<mark>" not in page
+    first = samples["samples"][0]["before"]["match"]
+    assert "".join(MATCH if hit else MISS for hit in first) in page
+
+
+def test_report_command_rerenders_and_refuses_a_directory_without_a_run(redacted_run, tmp_path):
+    run, _ = redacted_run
+    rendered = {name: (run / name).read_text() for name in ("report.md", "report.html", "README.md")}
+    for name in rendered:
+        (run / name).unlink()
+    code, printed = run_cli(["report", str(run)])
+    assert code == 0 and "report written to" in printed
+    assert {name: (run / name).read_text() for name in rendered} == rendered
+    # --show-text cannot show what was never stored, and says so.
+    code, _ = run_cli(["report", str(run), "--show-text"])
+    assert code == 0 and "can only show text a run stored" in (run / "report.html").read_text()
+    run_cli(["report", str(run)])
+
+    code, printed = run_cli(["report", str(tmp_path)])
+    assert code == 2 and "no metrics.json, eval.json or comparison.json in" in printed
+    assert printed.count("error:") == 1 and "Traceback" not in printed
+    with pytest.raises(UserError, match="is not a directory"):
+        write_report(tmp_path / "missing")
+    (tmp_path / "metrics.json").write_text(json.dumps({"before": {"mean": {"ma": 0.5}, "samples": "oops"}}))
+    code, printed = run_cli(["report", str(tmp_path)])
+    assert code == 2 and "cannot render a report from" in printed and "Traceback" not in printed
+
+
+def test_show_text_stores_the_text_and_highlights_what_is_reproduced(copy_model, tmp_path):
+    text = f"<em>{MARKER}</em> & " + "z" * 40
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text(json.dumps({"text": text}))
+    out = tmp_path / "run"
+    # Full fine-tuning: "before" comes from the frozen copy of the original.
+    code, printed = run_cli(["unlearn", "--model", str(copy_model), "--forget", str(forget), "--no-lora",
+                             "--max-steps", "1", "--lr", "1e-6", "--el-n", "2", "--show-text", "--out", str(out)])
+    assert code == 0, printed
+    assert MARKER not in printed  # logs stay redacted; the files hold the text
+    samples = json.loads((out / "samples.json").read_text())
+    assert samples["text_stored"] is True
+    sample = samples["samples"][0]
+    assert MARKER in sample["prefix"] and "".join(sample["truth"]) == "z" * (len(sample["truth"]))
+    assert sample["before"]["matched"] == len(sample["before"]["match"]) > 10  # the copy model reproduces it
+    page = (out / "report.html").read_text()
+    assert MARKER in page and "&lt;em&gt;" in page and "<em>" not in page  # shown, and escaped
+    assert re.search(r"<mark>z{10,}</mark>", page)
+    assert re.search(r"<mark>z{10,}</mark>", (out / "report.md").read_text())
+    assert MARKER not in (out / "README.md").read_text()  # the model card never shows text
+
+    # Re-rendered without --show-text, the stored text is redacted again.
+    code, _ = run_cli(["report", str(out)])
+    assert code == 0
+    for name in ("report.md", "report.html"):
+        assert MARKER not in (out / name).read_text()
+    assert "This run stored the text" in (out / "report.html").read_text()
+    run_cli(["report", str(out), "--show-text"])
+    assert MARKER in (out / "report.html").read_text()
+
+
+def test_a_failing_report_is_a_warning_and_the_run_is_kept(tiny_models, forget_file, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(report_module, "write_report", broken)
+    out = tmp_path / "run"
+    code, printed = run_cli(["unlearn", "--model", str(tiny_models["gpt_neo"]), "--forget", str(forget_file),
+                             "--max-steps", "1", "--el-n", "2", "--report-samples", "0", "--out", str(out)])
+    assert code == 0, printed
+    assert "warning: the report was not written (RuntimeError: disk on fire)" in printed
+    assert (out / "metrics.json").is_file() and (out / "model.safetensors").is_file()
+    assert not (out / "samples.json").exists()  # --report-samples 0
+    # The model card is written with the model itself, by training (also through the Python API).
+    card = (out / "README.md").read_text()
+    assert "| sequences | 4 (4 trained on) |" in card and MARKER not in card
+
+
+def test_continuations_start_at_the_datas_prefix_and_need_an_original_for_before(tiny_models, redacted_run,
+                                                                                 tmp_path):
+    from transformers import AutoTokenizer
+
+    from unmemorize.data import tokenize_examples
+    from unmemorize.report import forget_continuations
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["gpt_neo"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["gpt_neo"])
+    prompt = "Alice Johnson lives at"
+    items = tokenize_examples([Example(text=prompt + " 42 Baker Street in London.", id="p", prefix_chars=len(prompt))],
+                              tokenizer, 64)
+    record = forget_continuations(model, tokenizer, items, new_tokens=4)
+    sample = record["samples"][0]
+    assert sample["prefix_tokens"] == len(tokenizer(prompt)["input_ids"]) and sample["continuation_tokens"] == 4
+    assert sample["before"] is None and len(sample["after"]["match"]) == 4  # no original: "after" only
+
+    run, _ = redacted_run
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("metrics.json", "unlearn_config.json"):
+        (copy / name).write_bytes((run / name).read_bytes())
+    (copy / "samples.json").write_text(json.dumps(record))
+    page = write_report(copy)[1].read_text()
+    assert "not available (a full fine-tune without a frozen original)" in page
+
+
+# --- evaluation, comparison, demo ------------------------------------------------------------
+
+
+def eval_report(forget_ma: tuple[float, float] = (0.6, 0.2)) -> dict:
+    def results(ma: float, samples: list[float]) -> dict:
+        return {
+            "memorization": {
+                "forget": {"ma": ma, "el_10": ma / 2, "samples": len(samples)},
+                "reference": {"ma": 0.4, "el_10": 0.1, "samples": 3},
+                "forget_samples": [{"ma": s, "el_10": s / 2} for s in samples],
+                "extraction": {"fraction_extractable": ma / 3, "prefix_tokens": 100},
+            },
+            "nlu": {"paper_avg": {"acc": 0.5 - ma / 10}},
+        }
+
+    return {
+        "config": {"model": "runs/forgot", "original": "base", "suites": ["memorization", "nlu"]},
+        "models": {"original": "base", "unlearned": "runs/forgot"},
+        "judge": "base",
+        "results": {"original": results(forget_ma[0], [0.5, 0.6, 0.7]),
+                    "unlearned": results(forget_ma[1], [0.1, 0.2, 0.3])},
+        "timings_s": {"original": {"memorization": 1.5, "nlu": 2.0}, "unlearned": {"memorization": 1.4, "nlu": 2.1}},
+        "wall_time_s": 7.0,
+    }
+
+
+def test_eval_report_from_a_constructed_json(tmp_path):
+    (tmp_path / "eval.json").write_text(json.dumps(eval_report()))
+    md_path, html_path = write_report(tmp_path)
+    page, markdown = html_path.read_text(), md_path.read_text()
+    assert "<h1>Evaluation report</h1>" in page and "Evaluation</h2>" in page
+    assert_self_contained(page)
+    # Headline rows first, with the change from original to unlearned.
+    assert re.search(r"<td>memorization.forget.ma</td><td class=\"num\">0.6</td><td class=\"num\">0.2</td>"
+                     r"<td class=\"num\">-0.4</td>", page)
+    assert "| memorization.forget.ma | 0.6 | 0.2 | -0.4 |" in markdown
+    assert "nlu.paper_avg.acc" in page and "Suite times: original memorization 1.5 s" in page
+    assert not (tmp_path / "README.md").exists()  # no model here, no model card
+
+
+def test_eval_command_writes_its_report_beside_the_json(tiny_models, forget_file, tmp_path):
+    reference = tmp_path / "reference.jsonl"
+    reference.write_text("\n".join(json.dumps({"text": t}) for t in
+                                   ["An unseen sentence about rivers and hills.", "Another one, about trains."]))
+    results = tmp_path / "results" / "my-eval.json"
+    code, printed = run_cli(["eval", "--model", str(tiny_models["llama"]), "--forget", str(forget_file),
+                             "--reference", str(reference), "--suites", "memorization", "--el-n", "2",
+                             "--no-paper-el", "--extraction-prefix", "4", "--extraction-suffix", "4",
+                             "--json", str(results)])
+    assert code == 0, printed
+    page = (results.parent / "report.html").read_text()
+    assert "my-eval.json" in page and "memorization.forget.ma" in page
+    assert MARKER not in page + (results.parent / "report.md").read_text() + printed
+    # `unmemorize report` finds the evaluation JSON under its own name.
+    (results.parent / "report.html").unlink()
+    assert run_cli(["report", str(results.parent)])[0] == 0
+    assert "memorization.forget.ma" in (results.parent / "report.html").read_text()
+
+
+def test_unlearn_report_includes_the_evaluation_of_the_run(redacted_run, tmp_path):
+    run, _ = redacted_run
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("metrics.json", "unlearn_config.json", "samples.json"):
+        (copy / name).write_bytes((run / name).read_bytes())
+    (copy / "eval.json").write_text(json.dumps(eval_report()))
+    page = write_report(copy)[1].read_text()
+    assert "Utility and leakage</h2>" in page and "memorization.forget.ma" in page
+    assert len(inline_images(page)) == 3
+    assert not (copy / "README.md").exists()  # no weights in this copy: no model card
+
+
+def test_compare_report_is_data_driven(tmp_path):
+    rows = [
+        {"name": "original", "method": None, "forget_ma": 0.55, "nlu_paper_avg": 0.41},
+        {"name": "di-g10", "method": "di", "forget_ma": 0.36, "nlu_paper_avg": 0.40, "steps": 16,
+         "stopped_because": "memorization below --stop-ma/--stop-el", "config": {"lr": 0.002}},
+        {"name": "ga", "method": "ga", "forget_ma": 0.02, "heldout_ppl": 310.5},
+    ]
+    (tmp_path / "comparison.json").write_text(json.dumps(rows))
+    plot = before_after_bars(["a", "b"], [1, 2], [0.5, 1.5], "trade-off", "utility")
+    (tmp_path / "tradeoff.png").write_bytes(plot)
+    (tmp_path / "tradeoff.csv").write_text("name,forget_ma\noriginal,0.55\n")
+    md_path, html_path = write_report(tmp_path)
+    page, markdown = html_path.read_text(), md_path.read_text()
+    assert "<h1>Comparison report</h1>" in page and "Comparison of methods</h2>" in page
+    assert inline_images(page) == [plot]  # the trade-off plot as it is
+    assert "![Trade-off: memorization vs utility](tradeoff.png)" in markdown
+    header = re.search(r"<tr>(<th>.*?)</tr>", page).group(1)
+    assert re.findall(r"<th>(.*?)</th>", header) == [
+        "name", "method", "forget_ma", "nlu_paper_avg", "steps", "stopped_because", "heldout_ppl"]
+    assert "<td>di-g10</td>" in page and "<td class=\"num\">310.5</td>" in page
+    assert "tradeoff.csv" in page
+    assert not (tmp_path / "report_files").exists()  # the plot is not copied
+    # The same rows under a key, as an object.
+    (tmp_path / "comparison.json").write_text(json.dumps({"rows": rows, "model": "gemma-3-270m"}))
+    page = write_report(tmp_path)[1].read_text()
+    assert "di-g10" in page and "gemma-3-270m" in page
+
+
+def test_demo_section_shows_the_synthetic_text_with_leaks_highlighted(tmp_path):
+    def leak(customer: str, completion: str, leaked: bool) -> dict:
+        return {"customer": customer, "prompt": f"Customer {customer}: phone", "completion": completion,
+                "pii": [{"kind": "phone", "value": "555-0199", "leaked": leaked},
+                        {"kind": "email", "value": "a@b.example", "leaked": False}]}
+
+    demo = {
+        "model": "gemma-3-270m", "records": 40, "forgotten_customers": ["c1", "c2"], "kept_customers": ["c3"],
+        "leak_before": [leak("c1", "is 555-0199 <script>alert(1)</script>", True)],
+        "leak_after": [leak("c1", "is unknown to me", False)],
+        "summary": {"pii_leaked_before": 5, "pii_leaked_after": 0, "pii_total": 6,
+                    "kept_pii_leaked_before": 3, "kept_pii_leaked_after": 3,
+                    "forget_ma_before": 0.9, "forget_ma_after": 0.3, "kept_ma_before": 0.8, "kept_ma_after": 0.75,
+                    "general_ppl_before": 21.5, "general_ppl_after": 23.25},
+        "timings_s": {"train leaky model": 12.5, "unlearn": 30.0}, "passed": True, "synthetic": True,
+    }
+    (tmp_path / "demo.json").write_text(json.dumps(demo))
+    md_path, html_path = write_report(tmp_path, show_text=True)
+    page, markdown = html_path.read_text(), md_path.read_text()
+    assert "<h1>Demo report</h1>" in page and "synthetic" in page and '<span class="pass">PASS</span>' in page
+    assert "<mark>555-0199</mark>" in page and "<mark>555-0199</mark>" in markdown
+    assert "&lt;script&gt;" in page and "<script>" not in page
+    assert re.search(r"<td>PII of forgotten customers leaked</td><td class=\"num\">5</td><td class=\"num\">0</td>", page)
+    assert "| general-text perplexity | 21.5 | 23.25 |" in markdown
+    assert "train leaky model 12.5 s" in page
+    assert_self_contained(page)
+
+
+# --- pieces ----------------------------------------------------------------------------------
+
+
+def test_prefix_is_the_datas_prefix_or_the_first_half():
+    offsets = [(0, 0), (0, 5), (5, 11), (11, 17), (17, 23), (23, 30)]
+    item = TokenizedExample(Example(text="x" * 30, id="0", prefix_chars=11), list(range(6)), offsets)
+    assert prefix_length(item) == 3  # BOS + the two tokens inside the first 11 characters
+    item.example.prefix_chars = None
+    assert prefix_length(item) == 3
+    item.example.prefix_chars = 30  # the whole text: one token is still left to continue
+    assert prefix_length(item) == 5
+    short = TokenizedExample(Example(text="ab", id="1"), [1, 2], [(0, 1), (1, 2)])
+    assert prefix_length(short) == 1
+
+
+def test_cell_formatting():
+    assert [fmt(None), fmt(float("nan")), fmt(True), fmt(0.123456), fmt(12), fmt(123456), fmt([2, 10])] == \
+           ["–", "n/a", "yes", "0.1235", "12", "123,456", "2, 10"]
