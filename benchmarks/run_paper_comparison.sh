@@ -45,7 +45,7 @@ for package in ("torch", "transformers", "peft", "accelerate", "unmemorize"):
 import torch
 print(f"torch threads {torch.get_num_threads()}; cuda {torch.cuda.is_available()}")
 PY
-    echo "git commit $(git rev-parse HEAD 2>/dev/null || echo unknown)$([[ -n "$(git status --porcelain 2>/dev/null)" ]] && echo ' (with uncommitted changes)')"
+    echo "git commit $(git rev-parse HEAD 2>/dev/null || echo unknown)$([[ -n "$(git status --porcelain -- . ":(exclude)$out" 2>/dev/null)" ]] && echo ' (with uncommitted changes)')"
     echo "started $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 } > "$out/versions.txt"
 
