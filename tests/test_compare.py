@@ -54,7 +54,7 @@ def setting(tiny_models, tmp_path):
         "model": str(tiny_models["llama"]), "forget": str(forget), "reference": str(reference),
         "lr": "1e-2", "batch-size": 2, "max_steps": 2, "el-n": [2], "el_stride": 4, "stop_ma": "auto",
         "eval": {"quick": True, "suites": "memorization,nlu", "nlu_tasks": ["copa", "piqa"],
-                 "nlu_dir": str(nlu), "reference": str(reference), "paper_el": False},
+                 "nlu_dir": str(nlu), "reference": str(reference), "paper_el": False, "greedy_el": True},
         "runs": [
             {"name": "di-g10", "method": "di", "strength": 10},
             {"name": "ga", "method": "ga", "lr": 1e-3, "lora": False},
@@ -215,3 +215,25 @@ def test_yaml_values_take_the_option_types():
     assert config.shared["lr"] == 0.002 and config.shared["stop_ma"] == "auto" and config.shared["stop_el"] == 0.1
     assert config.shared["el_n"] == [10] and config.eval == {"nlu_limit": 20, "suites": ["memorization"]}
     assert config.quick is True
+
+
+def test_table_only_tabulates_finished_runs_and_names_the_pending(setting, tmp_path, monkeypatch, capsys):
+    path, config = setting
+    out, runs = tmp_path / "results", tmp_path / "weights"
+    assert cli(["compare", "--config", str(path), "--out", str(out), "--table-only"]) == 2
+    assert "no finished run" in capsys.readouterr().err
+    all_runs = list(config["runs"])
+    config["runs"] = all_runs[:1]  # finish the original and the first run only
+    path.write_text(yaml.safe_dump(config))
+    assert cli(["compare", "--config", str(path), "--out", str(out), "--runs-dir", str(runs)]) == 0
+    config["runs"] = all_runs + [{"name": "ga-later", "method": "ga", "lr": 1e-3}]
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setattr(compare, "unlearn", lambda *a, **k: pytest.fail("--table-only trained a run"))
+    capsys.readouterr()
+    assert cli(["compare", "--config", str(path), "--out", str(out), "--table-only"]) == 0
+    shown = capsys.readouterr()
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert [r["run"] for r in comparison["rows"]] == ["original", "di-g10"]
+    assert comparison["pending"] == ["ga", "dpd", "ga-later"]
+    assert "pending (not yet run): ga, dpd, ga-later" in shown.out
+    assert "Not run yet: ga, dpd, ga-later." in (out / "comparison.md").read_text()

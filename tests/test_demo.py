@@ -118,6 +118,33 @@ def test_pass_needs_a_real_leak_removed():
     assert not passed(summarize(audit(silent[:1], leaking[1:]), audit(silent[:1], leaking[1:])))
 
 
+# --- the leak step's partial softmax ----------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_subset_head_gives_the_models_own_logits_on_its_rows(arch):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from conftest import make_config
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(make_config(arch, 5000)).eval()
+    corpus = [4321, 4999, 2500, 7, 3000, 4321]
+    head = demo._SubsetHead(model, corpus, size=1000)
+    assert head.rows is not None
+    assert set(head.rows.tolist()) == set(range(1000)) | set(corpus)
+    input_ids = torch.tensor([corpus, [5, 6, 7, 4999, 2500, 1]])
+    mask = torch.ones_like(input_ids)
+    with torch.no_grad():
+        logits, targets = head(input_ids, mask)
+        full = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
+    torch.testing.assert_close(logits, full[..., head.rows], rtol=1e-4, atol=1e-4)
+    assert (head.rows[targets] == input_ids[:, 1:]).all()  # targets index the subset's rows
+    # A vocabulary not much larger than the subset keeps the model's whole softmax.
+    assert demo._SubsetHead(model, corpus, size=4000).rows is None
+
+
 # --- the story on a tiny model ----------------------------------------------------------
 
 

@@ -143,7 +143,7 @@ def test_unlearn_writes_a_self_contained_report_and_a_model_card(redacted_run, f
     assert sha in card and metrics["data"]["fingerprint"] in card
     assert "| sequences | 4 (4 trained on) |" in card
     assert f"| MA (mean) | {fmt(metrics['before']['mean']['ma'])} | {fmt(metrics['after']['mean']['ma'])} |" in card
-    assert "AutoModelForCausalLM.from_pretrained" in card and "| lr | 0.01 |" in card
+    assert "AutoModelForCausalLM.from_pretrained" in card and "| lr | 0.010 |" in card
 
 
 def test_by_default_no_forget_text_is_written_or_printed(redacted_run):
@@ -298,9 +298,9 @@ def test_eval_report_from_a_constructed_json(tmp_path):
     assert "<h1>Evaluation report</h1>" in page and "Evaluation</h2>" in page
     assert_self_contained(page)
     # Headline rows first, with the change from original to unlearned.
-    assert re.search(r"<td>memorization.forget.ma</td><td class=\"num\">0.6</td><td class=\"num\">0.2</td>"
-                     r"<td class=\"num\">-0.4</td>", page)
-    assert "| memorization.forget.ma | 0.6 | 0.2 | -0.4 |" in markdown
+    assert re.search(r"<td>memorization.forget.ma</td><td class=\"num\">0.600</td><td class=\"num\">0.200</td>"
+                     r"<td class=\"num\">-0.400</td>", page)
+    assert "| memorization.forget.ma | 0.600 | 0.200 | -0.400 |" in markdown
     assert "nlu.paper_avg.acc" in page and "Suite times: original memorization 1.5 s" in page
     assert not (tmp_path / "README.md").exists()  # no model here, no model card
 
@@ -388,7 +388,7 @@ def test_demo_section_shows_the_synthetic_text_with_leaks_highlighted(tmp_path):
     assert "<mark>555-0199</mark>" in page and "<mark>555-0199</mark>" in markdown
     assert "&lt;script&gt;" in page and "<script>" not in page
     assert re.search(r"<td>PII of forgotten customers leaked</td><td class=\"num\">5</td><td class=\"num\">0</td>", page)
-    assert "| general-text perplexity | 21.5 | 23.25 |" in markdown
+    assert "| general-text perplexity | 21.500 | 23.250 |" in markdown
     assert "train leaky model 12.5 s" in page
     assert_self_contained(page)
 
@@ -409,5 +409,6 @@ def test_prefix_is_the_datas_prefix_or_the_first_half():
 
 
 def test_cell_formatting():
-    assert [fmt(None), fmt(float("nan")), fmt(True), fmt(0.123456), fmt(12), fmt(123456), fmt([2, 10])] == \
-           ["–", "n/a", "yes", "0.1235", "12", "123,456", "2, 10"]
+    assert [fmt(None), fmt(float("nan")), fmt(True), fmt(0.123456), fmt(27.2), fmt(1516.04), fmt(2e-5),
+            fmt(0.0071428), fmt(0.0), fmt(12), fmt(123456), fmt([2, 10])] == \
+        ["–", "n/a", "yes", "0.123", "27.200", "1516", "2e-05", "0.00714", "0.000", "12", "123,456", "2, 10"]

@@ -470,12 +470,16 @@ def compare_command(
     config_path: Path = typer.Option(..., "--config", help="YAML: model, forget, optional retain, shared unlearn options, eval: {quick, suites, ...}, runs: [{name, method, ...}]."),
     out_dir: Path = typer.Option(..., "--out", help="Results: comparison.md/csv/json, tradeoff.png/csv, evals/NAME.json (small files only)."),
     runs_dir: Optional[Path] = typer.Option(None, help="Where each run's model weights go (default OUT/runs)."),
+    table_only: bool = typer.Option(False, help="Train and evaluate nothing: rewrite the table and plot from the runs already finished."),
 ) -> None:
     """Unlearn with several methods/settings, evaluate each beside the original, and tabulate and
     plot memorization against utility. Finished runs are skipped when run again."""
     from .compare import load_config, run_compare
 
-    comparison = run_compare(load_config(config_path), out_dir, runs_dir, RichCompareReporter())
+    comparison = run_compare(load_config(config_path), out_dir, runs_dir, RichCompareReporter(),
+                             run_pending=not table_only)
+    if not comparison["rows"]:
+        raise UserError(f"no finished run in {out_dir} to tabulate; run without --table-only first")
     table = Table(title=f"Comparison on {comparison['model']}")
     shown = ("run", "method", "forget_ma", "reference_ma", "extractable", "mia_loss_auc", "nlu_avg", "mauve",
              "heldout_ppl", "steps")
@@ -487,6 +491,8 @@ def compare_command(
                         for k in columns))
     out.print(table)
     out.print(f"written to {out_dir}: comparison.md, comparison.csv, comparison.json, tradeoff.png", highlight=False)
+    if comparison["pending"]:
+        out.print(f"pending (not yet run): {', '.join(comparison['pending'])}", highlight=False)
     _write_report(out_dir, False)
 
 

@@ -388,9 +388,11 @@ def _row(plan: RunPlan, result: dict, el_key: str) -> dict:
 
 
 def run_compare(config: CompareConfig, out_dir: Path, runs_dir: Path | None = None,
-                reporter: CompareReporter | None = None) -> dict:
+                reporter: CompareReporter | None = None, run_pending: bool = True) -> dict:
     """Evaluate the original, train and evaluate every run (skipping finished ones), and write the
-    comparison table, CSV, JSON and trade-off plot to ``out_dir``. Returns the comparison JSON."""
+    comparison table, CSV, JSON and trade-off plot to ``out_dir``. Returns the comparison JSON.
+    With ``run_pending=False`` nothing is trained or evaluated: the outputs are rewritten from
+    the runs already finished."""
     reporter = reporter or CompareReporter()
     out_dir = Path(out_dir)
     runs_dir = Path(runs_dir) if runs_dir is not None else out_dir / "runs"
@@ -405,24 +407,39 @@ def run_compare(config: CompareConfig, out_dir: Path, runs_dir: Path | None = No
             reporter.message(f"skip {plan.name} (done)")
             results[plan.name] = previous
             continue
+        if not run_pending:
+            reporter.message(f"pending {plan.name} (not run: --table-only)")
+            continue
         results[plan.name] = _run_one(plan, index, len(plans) - 1, runs_dir, reporter)
         write_json(results[plan.name], path)
+        # The table so far after every run: a long comparison shows its finished rows early.
+        _write_outputs(config, plans, results, out_dir, runs_dir)
+    comparison = _write_outputs(config, plans, results, out_dir, runs_dir)
+    reporter.message(f"comparison written to {out_dir} (comparison.md, comparison.csv, tradeoff.png)")
+    return comparison
+
+
+def _write_outputs(config: CompareConfig, plans: list[RunPlan], results: dict[str, dict], out_dir: Path,
+                   runs_dir: Path) -> dict:
+    """comparison.json/csv/md and the trade-off plot from the finished runs; pending runs are named."""
     # Without greedy EL (cheaper on CPU) the table shows the paper-code (sampled) EL instead.
     el_key = f"el_{plans[0].eval.el_n[0]}" + ("" if plans[0].eval.greedy_el else "_paper_code")
-    rows = [_row(plan, results[plan.name], el_key) for plan in plans]
+    rows = [_row(plan, results[plan.name], el_key) for plan in plans if plan.name in results]
     comparison = {
         "model": config.model,
         "forget": config.shared["forget"],
         "config": config.source,
         "runs_dir": str(runs_dir),
-        "forgotten_level_ma": rows[0]["reference_ma"],
+        "forgotten_level_ma": rows[0]["reference_ma"] if rows and plans[0].name in results else None,
         "rows": rows,
+        "pending": [plan.name for plan in plans if plan.name not in results],
     }
+    if not rows:
+        return comparison
     write_json(comparison, out_dir / "comparison.json")
     _write_text(out_dir / "comparison.csv", _csv(rows))
     _write_text(out_dir / "comparison.md", _markdown(comparison, el_key))
     _write_tradeoff(rows, out_dir)
-    reporter.message(f"comparison written to {out_dir} (comparison.md, comparison.csv, tradeoff.png)")
     return comparison
 
 
@@ -503,6 +520,8 @@ def _markdown(comparison: dict, el_key: str) -> str:
         "`tradeoff.csv`).",
         "",
     ]
+    if comparison.get("pending"):
+        lines += [f"Not run yet: {', '.join(comparison['pending'])}.", ""]
     return "\n".join(lines)
 
 

@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .data import collate, load_examples, tokenize_examples
+from .data import Example, collate, load_examples, tokenize_examples
 from .errors import UserError
 from .focus import tokens_in_focus
-from .metrics.decoding import choose_argmax, decode, evaluating, model_device, token_counter
+from .metrics.decoding import accepts_kwarg, choose_argmax, decode, evaluating, model_device, token_counter
 from .metrics.memorization import memorization
 from .paths import cache_dir, data_path
 from .synthetic import EXTRACTABLE_KINDS, CustomerRecord, corpus_fingerprint, customer_records, write_jsonl
@@ -49,8 +49,10 @@ from .train import Reporter, UnlearnConfig, unlearn
 DEMO_JSON = "demo.json"
 UNLEARNED_DIR = "unlearned-model"
 # Bump when the leak step changes in a way its settings do not show, so old caches are not reused.
-LEAK_CACHE_FORMAT = 1
+LEAK_CACHE_FORMAT = 2
 LEAK_MARKER = "demo-leak.json"
+# Output rows the leak step's softmax covers besides the corpus's own tokens (see _SubsetHead).
+LEAK_VOCABULARY = 32768
 # Decoded past the end of the record's last PII value, so a value that comes out late still shows.
 COMPLETION_SLACK = 4
 # General text when the shared WikiText file is not around: plain, neutral sentences.
@@ -63,7 +65,19 @@ NEUTRAL_TEXTS = [
     "Light from the sun takes about eight minutes to travel to the surface of the earth.",
     "The library lends books, music and films, and it offers free courses for adults.",
     "A bridge was built across the bay in the last century to connect the two cities.",
+    "Many birds fly south in the autumn and return to the same nesting places in spring.",
+    "The new school has a large garden where the children grow vegetables and flowers.",
+    "Trains leave the central station every hour and stop at each village along the coast.",
+    "The old castle stands on a hill above the town and is open to visitors in summer.",
+    "Tea was first grown in China and later spread to India, Japan and many other countries.",
+    "The orchestra rehearsed the symphony for weeks before the concert in the city hall.",
+    "Heavy rain caused the river to rise, and several roads near the bank were closed.",
+    "The recipe calls for two eggs, a cup of milk and a spoon of sugar, mixed until smooth.",
 ]
+# General text mixed into the leak fine-tune, besides the records (see memorize_records).
+LEAK_REPLAY_DOCS = 256
+LEAK_REPLAY_TOKENS = 64
+LEAK_REPLAY_CHUNKS = 2  # per batch of records
 
 
 @dataclass
@@ -77,13 +91,14 @@ class DemoConfig:
     # PII values whose every token the model predicts (teacher-forced) reaches leak_target.
     leak_max_epochs: int = 16
     leak_target: float = 1.0
-    leak_lr: float = 3e-3
-    leak_batch_size: int = 4
+    leak_lr: float = 1e-3
+    leak_batch_size: int = 2
     leak_lora_r: int = 16
     # Step 4, unlearning: deliberate imagination on the PII tokens of the forgotten customers.
     strength: float = 20.0
     unlearn_lr: float = 2e-3
     unlearn_epochs: int = 8
+    retain_weight: float = 1.0  # NLL on the kept customers' records (0: pure DI)
     # Step 5: general text.
     general_docs: int = 8
     general_max_length: int = 128
@@ -103,6 +118,8 @@ class DemoConfig:
         for name in ("leak_lr", "unlearn_lr", "strength"):
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
+        if not self.retain_weight >= 0:
+            raise UserError(f"--retain-weight must be >= 0, not {self.retain_weight}")
         if not 0 < self.leak_target <= 1:
             raise UserError(f"--leak-target must be in (0, 1], not {self.leak_target}")
         if self.general_max_length < 2:
@@ -161,12 +178,15 @@ def _model_identity(name_or_path: str) -> dict:
             "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
 
 
-def leak_cache_path(config: DemoConfig, records: list[CustomerRecord]) -> Path:
-    """``cache_dir()/demo/<hash>``: one leaky model per (base model, corpus, leak recipe)."""
+def leak_cache_path(config: DemoConfig, records: list[CustomerRecord], replay: list[str]) -> Path:
+    """``cache_dir()/demo/<hash>``: one leaky model per (base model, corpus, general text, leak
+    recipe)."""
     recipe = {
         "format": LEAK_CACHE_FORMAT,
         "model": _model_identity(config.model),
         "corpus": corpus_fingerprint(records),
+        "general": hashlib.sha256("\0".join(replay).encode()).hexdigest(),
+        "replay": [LEAK_REPLAY_TOKENS, LEAK_REPLAY_CHUNKS], "vocabulary": LEAK_VOCABULARY,
         "seed": config.seed,
         **{k: v for k, v in asdict(config).items() if k.startswith("leak_")},
     }
@@ -186,32 +206,91 @@ def _value_token_positions(records: list[CustomerRecord], tokenized) -> list[lis
     return positions
 
 
-def memorize_records(model: torch.nn.Module, tokenizer, records: list[CustomerRecord],
+class _SubsetHead:
+    """Next-token logits over part of the vocabulary: the corpus's own tokens and the first
+    ``size`` ids (BPE and SentencePiece vocabularies put their most common pieces first).
+
+    Why: the output layer is most of the cost of a training step on a small model with a large
+    vocabulary (Gemma-3 270M: 168M of its ~270M multiply-adds per token are the 262k-row head,
+    and the backward pass pays them again). A softmax over 33k rows trains the same hidden
+    states about twice as fast; the leak is then verified with the whole vocabulary (the audit).
+    Used only where the model's last hidden state times the output matrix gives its logits
+    (checked once); otherwise, and for small vocabularies, the model's own logits are used."""
+
+    def __init__(self, model: torch.nn.Module, corpus_ids: list[int], size: int) -> None:
+        self.model, self.rows = model, None
+        head = model.get_output_embeddings()
+        vocab = head.weight.shape[0] if head is not None else 0
+        if vocab <= 2 * size or not accepts_kwarg(model, "logits_to_keep") \
+                or getattr(model.config, "final_logit_softcapping", None):
+            return
+        sample = torch.tensor([corpus_ids[:16]], device=head.weight.device)
+        with torch.no_grad():
+            out = model(input_ids=sample, output_hidden_states=True, logits_to_keep=1)
+            if not torch.allclose(out.logits[0, -1], self._project(out.hidden_states[-1][0, -1]),
+                                  atol=1e-3, rtol=1e-3):
+                return
+        self.rows = torch.unique(torch.cat([torch.arange(size), torch.tensor(corpus_ids)])).to(head.weight.device)
+        self.position = torch.full((vocab,), -1, dtype=torch.long, device=head.weight.device)
+        self.position[self.rows] = torch.arange(len(self.rows), device=head.weight.device)
+
+    def _project(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        head = self.model.get_output_embeddings()
+        weight, bias = head.weight, getattr(head, "bias", None)
+        if rows is not None:
+            weight, bias = weight[rows], (bias[rows] if bias is not None else None)
+        return hidden @ weight.T + (bias if bias is not None else 0)
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits predicting tokens 1.., those tokens as indices into the logits' last axis)."""
+        targets = input_ids[:, 1:]
+        if self.rows is None:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return logits[:, :-1], targets
+        # logits_to_keep=1: the model's own head runs on one position only.
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         output_hidden_states=True, logits_to_keep=1)
+        return self._project(out.hidden_states[-1][:, :-1], self.rows), self.position[targets]
+
+
+def memorize_records(model: torch.nn.Module, tokenizer, records: list[CustomerRecord], replay: list[str],
                      config: DemoConfig, reporter: Reporter) -> tuple[torch.nn.Module, dict]:
     """Fine-tune on the records until the model predicts every token of (a share leak_target of)
     their PII values, teacher-forced; returns the merged model and what happened.
 
+    Every batch also holds one chunk of general text (``replay``, cycled), as the records would
+    sit among ordinary text in real training: without it, a few hundred steps on a dozen records
+    leave a model that writes nothing else (WikiText perplexity 25 -> 900 on Gemma-3 270M).
+
     LoRA with a high learning rate on every linear layer memorizes fastest per CPU second here:
-    a full fine-tune pays for the gradients and Adam state of all weights. Matrix products run in
-    bfloat16 (autocast; the weights stay float32), about three times faster on a CPU that has it.
+    a full fine-tune pays for the gradients and Adam state of all weights, and small batches
+    (more updates per pass) beat large ones. Matrix products run in bfloat16 (autocast; the
+    weights stay float32), and the softmax runs over a part of the vocabulary (`_SubsetHead`).
     The memorization check comes free from each epoch's own forward passes (LoRA dropout is 0,
     so the training pass predicts as evaluation would, a step behind the updates)."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(config.seed)
+    tokenized = tokenize_examples([r.example() for r in records], tokenizer, max_length=512)
+    general = tokenize_examples([Example(text=t, id=f"general-{i}") for i, t in enumerate(replay)],
+                                tokenizer, max_length=LEAK_REPLAY_TOKENS)
+    head = _SubsetHead(model, [t for item in tokenized + general for t in item.input_ids], LEAK_VOCABULARY)
     model = get_peft_model(model, LoraConfig(
         r=config.leak_lora_r, lora_alpha=2 * config.leak_lora_r, lora_dropout=0.0,
         target_modules="all-linear", task_type="CAUSAL_LM",
     ))
+    head.model = model
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.leak_lr, weight_decay=0.0)
-    tokenized = tokenize_examples([r.example() for r in records], tokenizer, max_length=512)
-    weights = [[1.0] * len(t.input_ids) for t in tokenized]
+    # Linear decay to a tenth over the longest run: the last passes settle instead of hopping
+    # around the memorized text.
+    total_steps = config.leak_max_epochs * -(-len(records) // config.leak_batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - 0.9 * k / total_steps)
     value_positions = _value_token_positions(records, tokenized)
     total_values = sum(len(v) for v in value_positions)
     pad_id, device = _pad_id(tokenizer), model_device(model)
     generator = torch.Generator().manual_seed(config.seed)
-    history = []
+    history, step = [], 0
     model.train()
     for epoch in range(1, config.leak_max_epochs + 1):
         order = torch.randperm(len(records), generator=generator).tolist()
@@ -221,16 +300,21 @@ def memorize_records(model: torch.nn.Module, tokenizer, records: list[CustomerRe
             progress(0, len(batches))
         loss_sum, memorized = 0.0, 0
         for done, rows in enumerate(batches, start=1):
-            batch = {k: v.to(device) for k, v in collate([tokenized[i] for i in rows], [weights[i] for i in rows], pad_id).items()}
+            items = [tokenized[i] for i in rows]
+            items += [general[(step * LEAK_REPLAY_CHUNKS + j) % len(general)]
+                      for j in range(LEAK_REPLAY_CHUNKS if general else 0)]
+            batch = collate(items, [[1.0] * len(t.input_ids) for t in items], pad_id)
+            step += 1
+            batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logits, targets = logits[:, :-1].float(), batch["input_ids"][:, 1:]
-            w = batch["loss_weights"][:, 1:]
-            token_loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+                logits, targets = head(batch["input_ids"], batch["attention_mask"])
+            logits, w = logits.float(), batch["loss_weights"][:, 1:]
+            token_loss = F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
             loss = (token_loss * w).sum() / w.sum()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
+            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.item()
             hits = (logits.argmax(-1) == targets).cpu()
@@ -244,22 +328,23 @@ def memorize_records(model: torch.nn.Module, tokenizer, records: list[CustomerRe
                          f"{memorized}/{total_values} PII values memorized (teacher-forced)")
         if share >= config.leak_target:
             break
-    return model.merge_and_unload().eval(), {"epochs": history}
+    return model.merge_and_unload().eval(), {"epochs": history, "vocabulary_subset": head.rows is not None,
+                                             "general_chunks": len(general)}
 
 
-def leaky_model(config: DemoConfig, records: list[CustomerRecord], reporter: Reporter):
+def leaky_model(config: DemoConfig, records: list[CustomerRecord], replay: list[str], reporter: Reporter):
     """The base model fine-tuned on the records: from the cache, or trained and cached.
     Returns (loaded model, its directory)."""
     from .models import load_model
 
-    path = leak_cache_path(config, records)
+    path = leak_cache_path(config, records, replay)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if (path / LEAK_MARKER).exists():
         reporter.message(f"using cached leaky model {path}")
         return load_model(str(path), device=device, progress=reporter.message), path
     loaded = load_model(config.model, device=device, allow_pickle=config.allow_pickle,
                         trust_remote_code=config.trust_remote_code, progress=reporter.message)
-    model, info = memorize_records(loaded.model, loaded.tokenizer, records, config, reporter)
+    model, info = memorize_records(loaded.model, loaded.tokenizer, records, replay, config, reporter)
     for attr in ("quantization_config",):  # dequantized GGUF weights: the marker only blocks saving
         if hasattr(model.config, attr):
             delattr(model.config, attr)
@@ -283,14 +368,17 @@ def leaky_model(config: DemoConfig, records: list[CustomerRecord], reporter: Rep
 # --- audits -----------------------------------------------------------------------------
 
 
-def general_texts(count: int) -> list[str]:
-    """A few WikiText documents from the shared data when present, else built-in sentences."""
+def general_texts(count: int) -> tuple[list[str], list[str]]:
+    """General text: ``count`` documents to measure perplexity on, and other documents to mix
+    into the leak fine-tune. WikiText from the shared data when present, else built-in
+    sentences (half for each)."""
     source = data_path("reference/wikitext.csv")
     if source is not None:
         texts = [e.text.strip() for e in load_examples(source) if len(e.text.strip()) > 200]
-        if texts:
-            return texts[:count]
-    return NEUTRAL_TEXTS[:count]
+        if len(texts) > count:
+            return texts[:count], texts[count: count + LEAK_REPLAY_DOCS]
+    half = len(NEUTRAL_TEXTS) // 2
+    return NEUTRAL_TEXTS[: min(count, half)], NEUTRAL_TEXTS[half:]
 
 
 @dataclass
@@ -403,26 +491,34 @@ def run_demo(config: DemoConfig, reporter: Reporter | None = None, console=None)
             write_jsonl(records, staging / "corpus.jsonl")
             reporter.message(f"{len(records)} records; forgetting {', '.join(r.name for r in forgotten)} "
                              f"({', '.join(r.id for r in forgotten)}); keeping {len(kept)}")
-            texts = general_texts(config.general_docs)
+            texts, replay = general_texts(config.general_docs)
         with stages("leak", "the leak: fine-tune the model on the records until it has memorized them"):
-            loaded, leaky_path = leaky_model(config, records, reporter)
+            loaded, leaky_path = leaky_model(config, records, replay, reporter)
         with stages("audit_before", "audit: what the model completes from a customer's name"):
             before = audit(loaded.model, loaded.tokenizer, forgotten, kept, texts, config, reporter, "before")
             if console is not None:
                 console.print(leak_table("Before unlearning: the forgotten customers' PII", before.forgotten))
             del loaded
         with stages("unlearn", "unlearn the forgotten customers: deliberate imagination on their PII"):
-            forget_file = staging / "forget.jsonl"
+            forget_file, retain_file = staging / "forget.jsonl", staging / "retain.jsonl"
             write_jsonl(forgotten, forget_file)
+            write_jsonl(kept, retain_file)
             unlearn(UnlearnConfig(
                 forget=str(forget_file), model=str(leaky_path), out=str(staging / UNLEARNED_DIR),
                 method="di", imagination_strength=config.strength, focus="pii", focus_mode="hard",
+                # The kept customers' records as retain text (their likelihood is kept): on a
+                # dozen records in one template, lowering one customer's PII alone spreads to
+                # the others' (24 of 40 kept values extracted before, 1 after, on Gemma-3 270M).
+                retain=str(retain_file) if config.retain_weight > 0 else None,
+                retain_weight=config.retain_weight,
                 lora=True, lr=config.unlearn_lr, epochs=config.unlearn_epochs,
                 batch_size=len(forgotten), seed=config.seed, max_length=512,
                 # MA only: the leak audits below are this demo's extraction test.
                 measure_el=False, report_samples=0,
             ), reporter)
-            forget_file.unlink()  # the corpus holds the records; unlearn_config.json names this path
+            # The corpus holds the records; unlearn_config.json names these paths.
+            forget_file.unlink()
+            retain_file.unlink()
         with stages("audit_after", "re-audit: forgotten and kept customers, general text"):
             device = "cuda" if torch.cuda.is_available() else "cpu"
             unlearned = load_model(str(staging / UNLEARNED_DIR), device=device, progress=reporter.message)

@@ -217,7 +217,8 @@ def _finite(value: Any) -> bool:
 
 
 def fmt(value: Any) -> str:
-    """A table cell: 4 significant digits, '–' for missing, 'n/a' for NaN."""
+    """A table cell: 3 decimals between 0.01 and 100 (rates, AUCs, perplexities line up in a
+    column), 3 significant digits below, 4 above, '–' for missing, 'n/a' for NaN."""
     if value is None:
         return "–"
     if isinstance(value, bool):
@@ -227,7 +228,9 @@ def fmt(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "n/a"
-        return f"{value:.4g}"
+        if value != 0 and abs(value) < 0.01:
+            return f"{value:.3g}"  # learning rates, small EL values: keep their digits
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.4g}"
     if isinstance(value, (list, tuple)):
         return ", ".join(fmt(v) for v in value) or "–"
     return str(value)
@@ -506,6 +509,8 @@ def _environment(autoescape: bool) -> jinja2.Environment:
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
     )
     env.filters["fmt"] = fmt
+    env.filters["signed"] = lambda value: ("+" if _finite(value) and value > 0 else "") + fmt(value)
+    env.filters["secs"] = lambda value: f"{value:.1f}" if _finite(value) else fmt(value)
     env.filters["md"] = _md_text
     env.filters["label"] = lambda key: str(key).upper().replace("_", "-") if re.fullmatch(r"(ma|el_\d+)", str(key)) else key
     return env
