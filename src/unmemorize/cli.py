@@ -513,17 +513,19 @@ def demo(
     leak_max_epochs: int = typer.Option(16, help="At most this many passes of the leak fine-tune (it stops once the PII is memorized)."),
     strength: float = typer.Option(20.0, help="Imagination strength of the unlearning step."),
     unlearn_lr: float = typer.Option(2e-3, help="Learning rate of the unlearning step."),
-    unlearn_epochs: int = typer.Option(8, help="Passes of the unlearning step over the forgotten records."),
+    unlearn_epochs: int = typer.Option(12, help="Passes of the unlearning step over the forgotten records (one step each)."),
+    retain_weight: float = typer.Option(1.0, help="Weight of the kept customers' records as retain text in the unlearning step (0: pure deliberate imagination)."),
 ) -> None:
     """The privacy story end to end on synthetic customer records: make a model memorize them,
-    show the PII it leaks, unlearn two customers with deliberate imagination focused on their
-    PII, and show that their PII is gone while the other customers' is not. Exit code 0 when
-    the forgotten customers' PII is no longer extracted, 1 otherwise."""
+    show the PII it leaks, unlearn some customers (two by default) with deliberate imagination
+    on their PII, and show that their PII is gone while the other customers' is not. Exit code
+    0 when the forgotten customers' PII is no longer extracted, 1 otherwise."""
     from .demo import DemoConfig, run_demo, summary_table, verdict
 
     cfg = DemoConfig(
         out=str(out_dir), model=model, seed=seed, records=records, forget_customers=forget_customers,
         leak_max_epochs=leak_max_epochs, strength=strength, unlearn_lr=unlearn_lr, unlearn_epochs=unlearn_epochs,
+        retain_weight=retain_weight,
     )
     result = run_demo(cfg, RichDemoReporter(), out)
     out.print(summary_table(result))

@@ -415,7 +415,8 @@ def run_compare(config: CompareConfig, out_dir: Path, runs_dir: Path | None = No
         # The table so far after every run: a long comparison shows its finished rows early.
         _write_outputs(config, plans, results, out_dir, runs_dir)
     comparison = _write_outputs(config, plans, results, out_dir, runs_dir)
-    reporter.message(f"comparison written to {out_dir} (comparison.md, comparison.csv, tradeoff.png)")
+    if comparison["rows"]:
+        reporter.message(f"comparison written to {out_dir} (comparison.md, comparison.csv, tradeoff.png)")
     return comparison
 
 
@@ -494,7 +495,9 @@ _STOPPED = {
 
 def _markdown(comparison: dict, el_key: str) -> str:
     rows = comparison["rows"]
-    columns = [(f"forget_{el_key}", f"forget {el_key.upper().replace('_', '-')} ↓", d) if key == "forget_EL"
+    el_label = el_key.removesuffix("_paper_code").upper().replace("_", "-")
+    el_label += " (paper code)" if el_key.endswith("_paper_code") else ""
+    columns = [(f"forget_{el_key}", f"forget {el_label} ↓", d) if key == "forget_EL"
                else (key, header, d) for key, header, d in _COLUMNS]
     lines = [
         f"# Unlearning comparison: {comparison['model']}",

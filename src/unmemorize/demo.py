@@ -97,7 +97,7 @@ class DemoConfig:
     # Step 4, unlearning: deliberate imagination on the PII tokens of the forgotten customers.
     strength: float = 20.0
     unlearn_lr: float = 2e-3
-    unlearn_epochs: int = 8
+    unlearn_epochs: int = 12
     retain_weight: float = 1.0  # NLL on the kept customers' records (0: pure DI)
     # Step 5: general text.
     general_docs: int = 8
