@@ -3,6 +3,8 @@ character spans, turned into token weights (hard and soft)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from unmemorize.data import Example, tokenize_examples
@@ -86,3 +88,18 @@ def test_pii_focus_weights_cover_exactly_the_pii_tokens(tiny_models, nlp):
     soft, _ = target_weights(tokenized, spans, "soft", focus_weight=5.0)
     assert [w for w in soft[0][1:]] == [5.0 if w else 1.0 for w in hard[0][1:]]
     assert soft[1][1:] == [1.0] * (len(soft[1]) - 1)
+
+
+def test_unlearn_accepts_focus_pii(tiny_models, tmp_path, nlp):
+    from unmemorize.cli import main
+
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in (
+        ("pii", "Contact mary.jones@example.com for the account number 1234-5678-9012."),
+        ("plain", "The quick brown fox jumps over the lazy dog."),
+    )))
+    out = tmp_path / "run"
+    main(["unlearn", "--model", str(tiny_models["llama"]), "--forget", str(forget), "--focus", "pii",
+          "--max-steps", "1", "--batch-size", "2", "--el-stride", "100", "--out", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sequences_without_focus"] == ["plain"]  # hard focus: only the PII sentence trains

@@ -2,14 +2,16 @@
 
 1. **Corpus**: Faker makes a seeded set of customer records (name, e-mail, phone, address,
    account number, a note), with the exact character span of every PII value.
-2. **Leak**: the model is fine-tuned on the records until it has memorized them (LoRA on every
-   linear layer, plain next-token loss, merged into the weights). This stands for a model that
-   saw private data in training. The result is cached, so a second run starts at step 3.
+2. **Leak**: the model is fine-tuned on the records, mixed with general text, until it has
+   memorized them (LoRA on every linear layer, plain next-token loss, merged into the weights).
+   This stands for a model that saw private data in training. The result is cached, so a second
+   run starts at step 3.
 3. **Audit**: the attacker knows a customer's name and asks the model to complete
    ``Customer record: <name>``; a PII value *leaks* when it appears verbatim in the greedy
    completion. Memorization accuracy (MA) is measured on the forgotten and the kept records.
 4. **Unlearn** the customers to forget with deliberate imagination, focused on their PII
-   (``--focus pii``, hard): the leaky model is the teacher, its PII tokens made unlikely.
+   (``--focus pii``, hard): the leaky model is the teacher, its PII tokens made unlikely; the
+   kept customers' records are the retain text.
 5. **Re-audit**: the forgotten customers' PII should no longer leak, the kept customers' PII
    still should (the removal is targeted), and general text should read about as before
    (perplexity on a few WikiText documents).
@@ -36,7 +38,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import __version__
 from .data import Example, collate, load_examples, tokenize_examples
 from .errors import UserError
 from .focus import tokens_in_focus
@@ -258,9 +259,10 @@ def memorize_records(model: torch.nn.Module, tokenizer, records: list[CustomerRe
     """Fine-tune on the records until the model predicts every token of (a share leak_target of)
     their PII values, teacher-forced; returns the merged model and what happened.
 
-    Every batch also holds one chunk of general text (``replay``, cycled), as the records would
-    sit among ordinary text in real training: without it, a few hundred steps on a dozen records
-    leave a model that writes nothing else (WikiText perplexity 25 -> 900 on Gemma-3 270M).
+    Every batch also holds LEAK_REPLAY_CHUNKS chunks of general text (``replay``, each used once
+    while there are fresh ones), as the records would sit among ordinary text in real training.
+    On Gemma-3 270M (WikiText perplexity 25): without it the leaky model's went to 900, with the
+    same 32 chunks over and over to 320 (they are memorized too), with fresh chunks to 20.
 
     LoRA with a high learning rate on every linear layer memorizes fastest per CPU second here:
     a full fine-tune pays for the gradients and Adam state of all weights, and small batches
@@ -484,6 +486,9 @@ def run_demo(config: DemoConfig, reporter: Reporter | None = None, console=None)
     stages = _Stages(reporter, console, 5)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the demo is an ordinary folder
     try:
         with stages("corpus", "synthetic customer records (Faker)"):
             records = customer_records(config.records, config.seed)
@@ -508,7 +513,8 @@ def run_demo(config: DemoConfig, reporter: Reporter | None = None, console=None)
                 method="di", imagination_strength=config.strength, focus="pii", focus_mode="hard",
                 # The kept customers' records as retain text (their likelihood is kept): on a
                 # dozen records in one template, lowering one customer's PII alone spreads to
-                # the others' (24 of 40 kept values extracted before, 1 after, on Gemma-3 270M).
+                # the others' (a trial on Gemma-3 270M without it: 24 of 40 kept values
+                # extracted before, 1 after).
                 retain=str(retain_file) if config.retain_weight > 0 else None,
                 retain_weight=config.retain_weight,
                 lora=True, lr=config.unlearn_lr, epochs=config.unlearn_epochs,
