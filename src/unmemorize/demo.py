@@ -43,7 +43,7 @@ from .errors import UserError
 from .focus import tokens_in_focus
 from .metrics.decoding import accepts_kwarg, choose_argmax, decode, evaluating, model_device, token_counter
 from .metrics.memorization import memorization
-from .paths import cache_dir, data_path
+from .paths import cache_dir, data_path, publish_directory
 from .synthetic import EXTRACTABLE_KINDS, CustomerRecord, corpus_fingerprint, customer_records, write_jsonl
 from .train import Reporter, UnlearnConfig, unlearn
 
@@ -440,18 +440,6 @@ def _check_out(out: Path) -> None:
                         "pass a new or empty directory")
 
 
-def _publish(staging: Path, out: Path) -> None:
-    """Rename the finished staging directory to ``out``; an earlier demo there is replaced only
-    once the new one is complete."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 class _Stages:
     """Announces each step and times it."""
 
@@ -547,7 +535,7 @@ def run_demo(config: DemoConfig, reporter: Reporter | None = None, console=None)
             "synthetic": True,
         }
         (staging / DEMO_JSON).write_text(json.dumps(result, indent=2), encoding="utf-8")
-        _publish(staging, out)
+        publish_directory(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

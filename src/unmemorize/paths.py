@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import platformdirs
@@ -38,3 +40,16 @@ def cache_dir() -> Path:
     path = Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("unmemorize"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def publish_directory(staging: Path, out: Path) -> None:
+    """Rename a finished ``staging`` directory to ``out``. A rename cannot replace a non-empty
+    directory, so an existing ``out`` is moved aside first and removed only afterwards: one
+    complete copy is on disk at every moment."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

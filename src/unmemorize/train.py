@@ -15,7 +15,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import resource
 import shutil
 import signal
@@ -36,6 +35,7 @@ from .focus import Focus, focus_spans, target_weights
 from .methods import UnlearningMethod, get_method, method_parameters
 from .metrics.memorization import MemorizationResult, memorization
 from .models import load_model
+from .paths import publish_directory
 from .report import DEFAULT_REPORT_SAMPLES, MODEL_CARD, SAMPLES_FILE, data_summary, forget_continuations, model_card
 
 
@@ -901,15 +901,7 @@ def _save(out_dir: Path, model, tokenizer, config: UnlearnConfig, metrics: dict,
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         for name, text in (extra_files or {}).items():  # e.g. dpd.json, read back by load_model
             (tmp / name).write_text(text)
-        # A rename cannot replace a non-empty directory (--overwrite): move the old one aside
-        # first, so that one of the two is complete on disk at every moment.
-        old = None
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / out_dir.name)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_directory(tmp, out_dir)  # --overwrite keeps one complete copy on disk
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
