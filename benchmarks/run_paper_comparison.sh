@@ -35,7 +35,10 @@ command=("$python" -m unmemorize.cli compare --config "$config" --out "$out" --r
     printf '\n'
 } > "$out/command.txt"
 
+# versions.txt keeps one block per invocation: rows finished in earlier invocations were measured
+# with the versions (and the load) recorded there.
 {
+    echo "== invocation started $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     "$python" - <<'PY'
 import platform, sys
 from importlib.metadata import version
@@ -46,8 +49,7 @@ import torch
 print(f"torch threads {torch.get_num_threads()}; cuda {torch.cuda.is_available()}")
 PY
     echo "git commit $(git rev-parse HEAD 2>/dev/null || echo unknown)$([[ -n "$(git status --porcelain -- . ":(exclude)$out" 2>/dev/null)" ]] && echo ' (with uncommitted changes)')"
-    echo "started $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-} > "$out/versions.txt"
+} >> "$out/versions.txt"
 
 start=$SECONDS
 "${command[@]}"

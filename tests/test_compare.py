@@ -237,3 +237,16 @@ def test_table_only_tabulates_finished_runs_and_names_the_pending(setting, tmp_p
     assert comparison["pending"] == ["ga", "dpd", "ga-later"]
     assert "pending (not yet run): ga, dpd, ga-later" in shown.out
     assert "Not run yet: ga, dpd, ga-later." in (out / "comparison.md").read_text()
+
+
+def test_trade_off_labels_move_apart_for_runs_that_land_together():
+    # Two runs on the same spot get different label positions; a lone run keeps the default
+    # (right of and above its marker).
+    offsets = compare._label_offsets([(0.40, 18.0), (0.40, 18.0), (0.55, 30.0)])
+    assert offsets[0] != offsets[1]
+    assert offsets[2] == ((6, 5), "left")
+    assert compare._label_offsets([]) == []
+    assert compare._label_offsets([(0.3, 1.0)]) == [((6, 5), "left")]
+    # A run just right of another: the first one's label goes to its left, off the neighbour.
+    beside = compare._label_offsets([(0.0, 0.0), (0.02, 0.02), (1.0, 1.0)])
+    assert beside[0][1] == "right"

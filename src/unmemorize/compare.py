@@ -537,6 +537,42 @@ _UTILITY_PANELS = [
 _FALLBACK_PANEL = ("reference_ma", "MA on unseen text (↑, utility proxy)")
 
 
+def _label_offsets(points: list[tuple[float, float]]) -> list[tuple[tuple[int, int], str]]:
+    """A label position beside each marker, chosen greedily away from the other markers and labels.
+
+    matplotlib has no label placement of its own; with a few runs landing close together, fixed
+    offsets overlapped. Distances are taken on the axes scaled to [0, 1] (a panel is about 440 × 340
+    points, so one point of offset is about 1/400 of an axis).
+    """
+    candidates = [((6, 5), "left"), ((6, -11), "left"), ((-6, 5), "right"), ((-6, -11), "right"),
+                  ((0, 9), "center"), ((0, -15), "center")]
+    if not points:
+        return []
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    scaled = [((x - min(xs)) / span_x, (y - min(ys)) / span_y) for x, y in points]
+    label_width = 0.12  # a run name of ~10 characters at font size 8, in axis units
+
+    def anchor(point, candidate):
+        (dx, dy), align = candidate
+        shift = {"left": label_width / 2, "right": -label_width / 2, "center": 0.0}[align]
+        return point[0] + dx / 440 + shift, point[1] + dy / 340
+
+    placed: list[tuple[float, float]] = []
+    chosen = []
+    for index, point in enumerate(scaled):
+        others = [p for j, p in enumerate(scaled) if j != index] + placed
+
+        def clearance(candidate):
+            ax_, ay_ = anchor(point, candidate)
+            return min((abs(ax_ - ox) / label_width + abs(ay_ - oy) / 0.05 for ox, oy in others), default=1.0)
+
+        best = max(candidates, key=clearance)  # ties keep the first: right and above
+        placed.append(anchor(point, best))
+        chosen.append(best)
+    return chosen
+
+
 def _write_tradeoff(rows: list[dict], out_dir: Path) -> None:
     """tradeoff.png: forget MA against utility, one labelled marker per row; tradeoff.csv: its data."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
@@ -550,27 +586,25 @@ def _write_tradeoff(rows: list[dict], out_dir: Path) -> None:
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     figure = Figure(figsize=(6.2 * len(panels), 4.8), layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    # Label offsets taken in turn, so that runs landing on the same spot stay readable.
-    offsets = [((6, 5), "left"), ((6, -11), "left"), ((-6, 5), "right"), ((-6, -11), "right")]
+    legend: dict = {}
     for ax, (key, label) in zip(axes, panels):
-        for index, row in enumerate(rows):
-            x, y = row["forget_ma"], row[key]
-            if x is None or y is None:
-                continue
-            if row["run"] == ORIGINAL:
-                ax.scatter([x], [y], marker="*", s=260, color="black", zorder=4, label="original")
+        points = [(row["run"], row["method"], row["forget_ma"], row[key]) for row in rows
+                  if row["forget_ma"] is not None and row[key] is not None]
+        for run, method, x, y in points:
+            if run == ORIGINAL:
+                legend["original"] = ax.scatter([x], [y], marker="*", s=260, color="black", zorder=4)
             else:
-                ax.scatter([x], [y], marker="o", s=60, color=colors[row["method"]], zorder=3, label=row["method"])
-            offset, align = offsets[index % len(offsets)]
-            ax.annotate(row["run"], (x, y), textcoords="offset points", xytext=offset, ha=align, fontsize=8)
+                legend[method] = ax.scatter([x], [y], marker="o", s=60, color=colors[method], zorder=3)
+        for (run, _, x, y), (offset, align) in zip(points, _label_offsets([(p[2], p[3]) for p in points])):
+            ax.annotate(run, (x, y), textcoords="offset points", xytext=offset, ha=align, fontsize=8)
         if level is not None:
-            ax.axvline(level, linestyle="--", color="gray", linewidth=1, label="unseen-text MA (forgotten level)")
+            legend["unseen-text MA (forgotten level)"] = ax.axvline(level, linestyle="--", color="gray", linewidth=1)
+        ax.margins(x=0.15, y=0.12)  # room for the labels at the edges
         ax.set_xlabel("forget-set MA (memorization, ↓)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))  # one legend entry per method
-        ax.legend(unique.values(), unique.keys(), fontsize=8, loc="best")
+    # One legend below the panels, where it cannot cover a marker.
+    figure.legend(legend.values(), legend.keys(), loc="outside lower center", ncol=len(legend), fontsize=8)
     figure.suptitle("Memorization vs utility")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
