@@ -17,6 +17,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from unmemorize.cli import main
 from unmemorize.paths import data_root
 
 CORPUS = [
@@ -29,6 +30,15 @@ CORPUS = [
 ] * 20
 
 ARCHITECTURES = ("gpt_neo", "llama", "gemma3")
+
+
+def exit_code(args: list[str]) -> int:
+    """Run the command line in-process; its exit code (0 when it returns normally)."""
+    try:
+        main(args)
+    except SystemExit as exit_info:
+        return exit_info.code
+    return 0
 
 
 def make_tokenizer(directory: Path, add_bos: bool = True) -> PreTrainedTokenizerFast:

@@ -16,13 +16,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from unmemorize.cli import main
 from unmemorize.errors import UserError
 from unmemorize.methods import get_method, method_parameters
 from unmemorize.methods.dpd import DPD_FILE, apply_dpd, dpd_logits
 from unmemorize.metrics.decoding import choose_argmax, decode
 from unmemorize.models import load_model
 from unmemorize.train import Interrupted, Reporter, RetainStream, UnlearnConfig, unlearn
+
+from conftest import exit_code
 
 TEXTS = [
     "Alice Johnson lives at 42 Baker Street in London.",
@@ -51,14 +52,6 @@ def forget_file(tmp_path):
 @pytest.fixture
 def retain_file(tmp_path):
     return write_jsonl(tmp_path / "retain.jsonl", RETAIN)
-
-
-def cli(args) -> int:
-    try:
-        main(args)
-    except SystemExit as exit_info:
-        return exit_info.code
-    return 0
 
 
 # --- losses on random logits, against loops over the formula ----------------------------------
@@ -217,7 +210,7 @@ SGD_STEP = ["--no-lora", "--optimizer", "sgd", "--max-steps", "1", "--batch-size
 def test_one_gd_step_is_ascent_on_forget_plus_weighted_descent_on_retain(tiny_models, forget_file, retain_file, tmp_path):
     model_dir = tiny_models["gemma3"]
     out = tmp_path / "gd"
-    assert cli(["unlearn", "--model", str(model_dir), "--forget", str(forget_file), "--method", "gd",
+    assert exit_code(["unlearn", "--model", str(model_dir), "--forget", str(forget_file), "--method", "gd",
                 "--retain", str(retain_file), "--retain-weight", "0.5", "--lr", "0.01", *SGD_STEP,
                 "--out", str(out)]) == 0
     # One batch holds all four retain texts (in some order): the step is order-free.
@@ -308,10 +301,10 @@ def test_task_vector_weights(tiny_models, forget_file, tmp_path):
     original = AutoModelForCausalLM.from_pretrained(model_dir)
     base = ["unlearn", "--model", str(model_dir), "--forget", str(forget_file), "--method", "task-vector",
             "--lr", "0.05", *SGD_STEP]
-    assert cli([*base, "--alpha", "0", "--out", str(tmp_path / "a0")]) == 0
+    assert exit_code([*base, "--alpha", "0", "--out", str(tmp_path / "a0")]) == 0
     for a, b in zip(AutoModelForCausalLM.from_pretrained(tmp_path / "a0").parameters(), original.parameters()):
         assert torch.equal(a, b)
-    assert cli([*base, "--out", str(tmp_path / "a1")]) == 0  # α = 1 by default
+    assert exit_code([*base, "--out", str(tmp_path / "a1")]) == 0  # α = 1 by default
     fine_tuned = hand_sgd(model_dir, lambda m, t: mean_nll(m, t, TEXTS), 0.05)  # θ_ft: one NLL descent step
     with torch.no_grad():
         for p, p0 in zip(fine_tuned.parameters(), original.parameters()):
@@ -377,7 +370,7 @@ def test_dpd_model_at_lambda_one_is_the_original(tiny_models):
 def test_unlearn_dpd_writes_a_model_that_loads_wrapped(tiny_models, forget_file, tmp_path, capsys):
     model_dir = tiny_models["llama"]
     out = tmp_path / "dpd"
-    assert cli(["unlearn", "--model", str(model_dir), "--forget", str(forget_file), "--method", "dpd",
+    assert exit_code(["unlearn", "--model", str(model_dir), "--forget", str(forget_file), "--method", "dpd",
                 "--dpd-lambda", "0.5", "--el-n", "2", "--el-stride", "4", "--out", str(out)]) == 0
     assert json.loads((out / DPD_FILE).read_text())["lambda"] == 0.5
     metrics = json.loads((out / "metrics.json").read_text())
@@ -413,13 +406,13 @@ def test_unlearn_dpd_writes_a_model_that_loads_wrapped(tiny_models, forget_file,
 ])
 def test_options_that_do_not_apply_are_refused(tiny_models, forget_file, retain_file, capsys, extra, message):
     extra = [str(retain_file) if a == "RETAIN" else a for a in extra]
-    assert cli(["unlearn", "--model", str(tiny_models["llama"]), "--forget", str(forget_file), *extra]) == 2
+    assert exit_code(["unlearn", "--model", str(tiny_models["llama"]), "--forget", str(forget_file), *extra]) == 2
     stderr = capsys.readouterr().err.strip()
     assert message in stderr and "Traceback" not in stderr and len(stderr.splitlines()) == 1
 
 
 def test_gradient_ascent_with_a_huge_lr_stops_as_diverged(tiny_models, forget_file, tmp_path, capsys):
-    code = cli(["unlearn", "--model", str(tiny_models["gpt_neo"]), "--forget", str(forget_file), "--method", "ga",
+    code = exit_code(["unlearn", "--model", str(tiny_models["gpt_neo"]), "--forget", str(forget_file), "--method", "ga",
                 "--no-lora", "--optimizer", "sgd", "--lr", "1e30", "--max-grad-norm", "0", "--batch-size", "1",
                 "--epochs", "3", "--el-n", "2", "--out", str(tmp_path / "ga")])
     stderr = capsys.readouterr().err

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 import unmemorize.compare as compare
-from unmemorize.cli import main
 from unmemorize.compare import expand_env, load_config, make_plans, parse_config
+
+from conftest import exit_code
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TEXTS = [
@@ -20,14 +21,6 @@ TEXTS = [
     "In 1999 the company Acme Corp opened an office.",
     "The quick brown fox jumps over the lazy dog.",
 ]
-
-
-def cli(args) -> int:
-    try:
-        main(args)
-    except SystemExit as exit_info:
-        return exit_info.code
-    return 0
 
 
 def write_jsonl(path, rows):
@@ -77,7 +70,7 @@ def test_compare_writes_results_and_skips_finished_runs(setting, tmp_path, monke
         return real_unlearn(cfg, reporter)
 
     monkeypatch.setattr(compare, "unlearn", counting_unlearn)
-    assert cli(["compare", "--config", str(path), "--out", str(out), "--runs-dir", str(runs)]) == 0
+    assert exit_code(["compare", "--config", str(path), "--out", str(out), "--runs-dir", str(runs)]) == 0
     assert calls == ["di", "ga", "dpd"]
     comparison = json.loads((out / "comparison.json").read_text())
     rows = {r["run"]: r for r in comparison["rows"]}
@@ -109,13 +102,13 @@ def test_compare_writes_results_and_skips_finished_runs(setting, tmp_path, monke
             assert TEXTS[0].encode() not in file.read_bytes(), file
 
     capsys.readouterr()
-    assert cli(["compare", "--config", str(path), "--out", str(out), "--runs-dir", str(runs)]) == 0
+    assert exit_code(["compare", "--config", str(path), "--out", str(out), "--runs-dir", str(runs)]) == 0
     shown = capsys.readouterr().err
     assert all(f"skip {name} (done)" in shown for name in rows) and calls == ["di", "ga", "dpd"]
 
     config["runs"][1]["lr"] = 2e-3  # a changed run is redone, and only that one
     path.write_text(yaml.safe_dump(config))
-    assert cli(["compare", "--config", str(path), "--out", str(out), "--runs-dir", str(runs)]) == 0
+    assert exit_code(["compare", "--config", str(path), "--out", str(out), "--runs-dir", str(runs)]) == 0
     assert calls == ["di", "ga", "dpd", "ga"]
     assert "skip di-g10 (done)" in capsys.readouterr().err
 
@@ -191,7 +184,7 @@ def test_runs_are_checked_before_anything_runs(tmp_path, run, message):
 def test_compare_cli_errors_are_one_line(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(base_config(runs=[{"name": "a", "method": "nope"}])))
-    assert cli(["compare", "--config", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert exit_code(["compare", "--config", str(path), "--out", str(tmp_path / "o")]) == 2
     stderr = capsys.readouterr().err.strip()
     assert "unknown method 'nope'" in stderr and len(stderr.splitlines()) == 1
     assert not (tmp_path / "o").exists()
@@ -220,17 +213,17 @@ def test_yaml_values_take_the_option_types():
 def test_table_only_tabulates_finished_runs_and_names_the_pending(setting, tmp_path, monkeypatch, capsys):
     path, config = setting
     out, runs = tmp_path / "results", tmp_path / "weights"
-    assert cli(["compare", "--config", str(path), "--out", str(out), "--table-only"]) == 2
+    assert exit_code(["compare", "--config", str(path), "--out", str(out), "--table-only"]) == 2
     assert "no finished run" in capsys.readouterr().err
     all_runs = list(config["runs"])
     config["runs"] = all_runs[:1]  # finish the original and the first run only
     path.write_text(yaml.safe_dump(config))
-    assert cli(["compare", "--config", str(path), "--out", str(out), "--runs-dir", str(runs)]) == 0
+    assert exit_code(["compare", "--config", str(path), "--out", str(out), "--runs-dir", str(runs)]) == 0
     config["runs"] = all_runs + [{"name": "ga-later", "method": "ga", "lr": 1e-3}]
     path.write_text(yaml.safe_dump(config))
     monkeypatch.setattr(compare, "unlearn", lambda *a, **k: pytest.fail("--table-only trained a run"))
     capsys.readouterr()
-    assert cli(["compare", "--config", str(path), "--out", str(out), "--table-only"]) == 0
+    assert exit_code(["compare", "--config", str(path), "--out", str(out), "--table-only"]) == 0
     shown = capsys.readouterr()
     comparison = json.loads((out / "comparison.json").read_text())
     assert [r["run"] for r in comparison["rows"]] == ["original", "di-g10"]

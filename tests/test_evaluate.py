@@ -4,22 +4,15 @@ import json
 
 import pytest
 
-from unmemorize.cli import main
 from unmemorize.evaluate import comparison_rows, flatten
 
-
-def run(args):
-    try:
-        main(args)
-    except SystemExit as error:
-        return error.code
-    return 0
+from conftest import exit_code
 
 
 def test_eval_end_to_end_writes_keyed_json(tiny_models, shared_data, tmp_path, capsys):
     forget = shared_data / "extraction/forget_sets/lm_extraction_8_0.csv"
     out = tmp_path / "eval.json"
-    code = run([
+    code = exit_code([
         "eval", "--model", str(tiny_models["gemma3"]), "--original", str(tiny_models["llama"]),
         "--forget", str(forget), "--limit", "3", "--max-length", "120", "--el-stride", "40",
         "--nlu-tasks", "piqa,copa,winogrande,lambada", "--nlu-limit", "4", "--nlg-limit", "3",
@@ -47,7 +40,7 @@ def test_eval_without_data_names_the_inputs(tiny_models, tmp_path, monkeypatch, 
     monkeypatch.setenv("UNMEMORIZE_DATA", str(tmp_path / "nowhere"))
     forget = tmp_path / "f.txt"
     forget.write_text("some text to forget\n")
-    code = run(["eval", "--model", str(tiny_models["llama"]), "--forget", str(forget)])
+    code = exit_code(["eval", "--model", str(tiny_models["llama"]), "--forget", str(forget)])
     assert code == 2
     message = capsys.readouterr().err
     assert "--reference" in message and "--nlu-dir" in message and "--nlg-prompts" in message
@@ -59,7 +52,7 @@ def test_eval_without_data_names_the_inputs(tiny_models, tmp_path, monkeypatch, 
     (["--nlu-limit", "0", "--suites", "nlu"], "--nlu-limit must be at least 1"),
 ])
 def test_eval_argument_errors(tiny_models, capsys, args, message):
-    assert run(["eval", "--model", str(tiny_models["llama"]), *args]) == 2
+    assert exit_code(["eval", "--model", str(tiny_models["llama"]), *args]) == 2
     assert message in capsys.readouterr().err
 
 

@@ -464,16 +464,20 @@ class RichCompareReporter:
         return RichEvalReporter()
 
 
-@app.command("compare", epilog="Example: unmemorize compare --config benchmarks/paper_comparison.yaml "
-             "--out results/cmp --runs-dir /tmp/cmp-runs")
+# compare and demo take help= (literals joined into paragraphs): Typer keeps a docstring's
+# line breaks in --help, which breaks a long description mid-line.
+@app.command("compare", help=(
+    "Unlearn with several methods/settings, evaluate each, and tabulate memorization vs utility."
+    "\n\nEvery run is evaluated beside the original; the table and the trade-off plot are "
+    "rewritten after each run. Finished runs are skipped when run again."),
+    epilog="Example: unmemorize compare --config benchmarks/paper_comparison.yaml "
+           "--out results/cmp --runs-dir /tmp/cmp-runs")
 def compare_command(
     config_path: Path = typer.Option(..., "--config", help="YAML: model, forget, optional retain, shared unlearn options, eval: {quick, suites, ...}, runs: [{name, method, ...}]."),
     out_dir: Path = typer.Option(..., "--out", help="Results: comparison.md/csv/json, tradeoff.png/csv, evals/NAME.json (small files only)."),
     runs_dir: Optional[Path] = typer.Option(None, help="Where each run's model weights go (default OUT/runs)."),
     table_only: bool = typer.Option(False, help="Train and evaluate nothing: rewrite the table and plot from the runs already finished."),
 ) -> None:
-    """Unlearn with several methods/settings, evaluate each beside the original, and tabulate and
-    plot memorization against utility. Finished runs are skipped when run again."""
     from .compare import load_config, run_compare
 
     comparison = run_compare(load_config(config_path), out_dir, runs_dir, RichCompareReporter(),
@@ -503,7 +507,13 @@ class RichDemoReporter(RichReporter):
         return _progress_callback(label)
 
 
-@app.command(epilog="Example: unmemorize demo --out unmemorize-demo")
+@app.command(help=(
+    "The privacy story end to end: a model leaks synthetic customers' PII; forget some of them."
+    "\n\nMakes a model memorize synthetic customer records, shows the PII it leaks, unlearns some "
+    "customers (two by default) with deliberate imagination on their PII, and shows that their PII "
+    "is gone while the other customers' is not. Exit code 0 when the forgotten customers' PII is no "
+    "longer extracted, 1 otherwise."),
+    epilog="Example: unmemorize demo --out unmemorize-demo")
 def demo(
     out_dir: Path = typer.Option(Path("unmemorize-demo"), "--out", help="Output directory (a new or empty one, or an earlier demo's, which is replaced)."),
     model: str = typer.Option("gemma-3-270m", help="Registry name, local directory, .gguf file or hub id."),
@@ -516,10 +526,6 @@ def demo(
     unlearn_epochs: int = typer.Option(12, help="Passes of the unlearning step over the forgotten records (one step each)."),
     retain_weight: float = typer.Option(1.0, help="Weight of the kept customers' records as retain text in the unlearning step (0: pure deliberate imagination)."),
 ) -> None:
-    """The privacy story end to end on synthetic customer records: make a model memorize them,
-    show the PII it leaks, unlearn some customers (two by default) with deliberate imagination
-    on their PII, and show that their PII is gone while the other customers' is not. Exit code
-    0 when the forgotten customers' PII is no longer extracted, 1 otherwise."""
     from .demo import DemoConfig, run_demo, summary_table, verdict
 
     cfg = DemoConfig(

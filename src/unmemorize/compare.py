@@ -48,11 +48,13 @@ import yaml
 
 from .errors import UserError
 from .evaluate import EvalConfig, EvalReporter, check_inputs, flatten, quick_settings, run_eval, write_json
-from .train import Reporter, UnlearnConfig, build_method, unlearn
+from .methods import METHODS
+from .paths import write_atomic
+from .train import OPTION_NAMES, Reporter, UnlearnConfig, build_method, unlearn
 
 ORIGINAL = "original"
 # Option names of `unlearn` whose config field is named otherwise.
-ALIASES = {"strength": "imagination_strength", "alpha": "task_vector_alpha"}
+ALIASES = {option: field for field, option in OPTION_NAMES.items()}
 # Set by compare itself for every run.
 RUN_MANAGED = {"out", "overwrite", "resume", "checkpoint_dir"}
 # Evaluation settings taken from the shared unlearn settings unless eval: sets them.
@@ -180,8 +182,13 @@ def _coerce(kind: str, value: Any, key: str, where: str) -> Any:
         raise UserError(f"{key!r} in {where} must be of type {kind}, not {value!r}") from None
 
 
+def _key_name(key: Any) -> str:
+    """A YAML key as written (``--max-length``, ``max-length``, ``max_length``) as a field name."""
+    return str(key).lstrip("-").replace("-", "_")
+
+
 def _field_name(key: Any) -> str:
-    name = str(key).lstrip("-").replace("-", "_")
+    name = _key_name(key)
     return ALIASES.get(name, name)
 
 
@@ -215,7 +222,7 @@ def parse_config(data: Any, source: str = "the config") -> CompareConfig:
     eval_fields = {f.name: f.type for f in fields(EvalConfig) if f.name not in EVAL_MANAGED}
     explicit_eval, quick = {}, False
     for key, value in eval_data.items():
-        name = str(key).lstrip("-").replace("-", "_")
+        name = _key_name(key)
         if name == "quick":
             quick = _coerce("bool", value, "quick", f"eval: of {source}")
         elif name in eval_fields:
@@ -271,7 +278,7 @@ def _hyper_parameters(cfg: UnlearnConfig) -> str:
     symbols = {"imagination_strength": "γ", "beta": "β", "margin": "margin", "task_vector_alpha": "α",
                "dpd_lambda": "λ"}
     parts = [f"{symbol}={getattr(cfg, name):g}" for name, symbol in symbols.items() if getattr(cfg, name) is not None]
-    if cfg.method == "dpd":
+    if not METHODS[cfg.method].trains:
         return ", ".join(parts)  # nothing is trained
     if cfg.method == "di" and cfg.focus != "all":
         parts.append(f"focus {cfg.focus} ({cfg.focus_mode})")
@@ -412,8 +419,9 @@ def run_compare(config: CompareConfig, out_dir: Path, runs_dir: Path | None = No
             continue
         results[plan.name] = _run_one(plan, index, len(plans) - 1, runs_dir, reporter)
         write_json(results[plan.name], path)
-        # The table so far after every run: a long comparison shows its finished rows early.
-        _write_outputs(config, plans, results, out_dir, runs_dir)
+        if index < len(plans) - 1:
+            # The table so far after every run: a long comparison shows its finished rows early.
+            _write_outputs(config, plans, results, out_dir, runs_dir)
     comparison = _write_outputs(config, plans, results, out_dir, runs_dir)
     if comparison["rows"]:
         reporter.message(f"comparison written to {out_dir} (comparison.md, comparison.csv, tradeoff.png)")
@@ -438,20 +446,13 @@ def _write_outputs(config: CompareConfig, plans: list[RunPlan], results: dict[st
     if not rows:
         return comparison
     write_json(comparison, out_dir / "comparison.json")
-    _write_text(out_dir / "comparison.csv", _csv(rows))
-    _write_text(out_dir / "comparison.md", _markdown(comparison, el_key))
+    write_atomic(out_dir / "comparison.csv", _csv(rows))
+    write_atomic(out_dir / "comparison.md", _markdown(comparison, el_key))
     _write_tradeoff(rows, out_dir)
     return comparison
 
 
 # --- outputs ------------------------------------------------------------------------------------
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _csv(rows: list[dict]) -> str:
@@ -608,10 +609,8 @@ def _write_tradeoff(rows: list[dict], out_dir: Path) -> None:
     figure.suptitle("Memorization vs utility")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
-    tmp = out_dir / "tradeoff.png.tmp"
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(out_dir / "tradeoff.png")
+    write_atomic(out_dir / "tradeoff.png", buffer.getvalue())
     keys = ["run", "method", "forget_ma"] + [k for k, _ in _UTILITY_PANELS] + ["reference_ma"]
     data = [{**{k: r.get(k) for k in keys}, "is_original": r["run"] == ORIGINAL, "forgotten_level_ma": level}
             for r in rows]
-    _write_text(out_dir / "tradeoff.csv", _csv(data))
+    write_atomic(out_dir / "tradeoff.csv", _csv(data))

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .data import load_examples, tokenize_examples
 from .errors import UserError
-from .paths import data_path
+from .paths import data_path, write_atomic
 
 SUITES = ("memorization", "nlu", "nlg")
 DEFAULT_REFERENCE = "reference/pile.csv"
@@ -324,7 +324,4 @@ def comparison_rows(report: dict) -> list[tuple[str, list[float | None]]]:
 
 
 def write_json(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(report, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)))

@@ -25,9 +25,7 @@ import hashlib
 import html
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,6 +33,7 @@ import jinja2
 
 from . import __version__
 from .errors import UserError
+from .paths import write_atomic
 
 REPORT_MD, REPORT_HTML, MODEL_CARD = "report.md", "report.html", "README.md"
 ASSETS_DIR = "report_files"  # the PNGs report.md links to (report.html inlines them)
@@ -516,20 +515,6 @@ def _environment(autoescape: bool) -> jinja2.Environment:
     return env
 
 
-def _write_atomic(path: Path, content: str | bytes) -> None:
-    """Write under a temporary name beside ``path``, then rename: never half a file."""
-    data = content.encode("utf-8") if isinstance(content, str) else content
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _title(kind: str, unlearn: dict | None) -> str:
     if kind == "unlearn" and unlearn is not None:
         return f"Unlearning report: {unlearn['model']} ({unlearn['method']})"
@@ -583,12 +568,12 @@ def write_report(run_dir: Path, show_text: bool = False, *, eval_json: Path | No
     for figure in figures.items.values():
         if figure["name"] != "tradeoff":
             (run_dir / ASSETS_DIR).mkdir(exist_ok=True)
-            _write_atomic(run_dir / figure["file"], figure["png"])
+            write_atomic(run_dir / figure["file"], figure["png"])
     md_path, html_path = run_dir / REPORT_MD, run_dir / REPORT_HTML
-    _write_atomic(md_path, _environment(autoescape=False).get_template("report.md.j2").render(context))
-    _write_atomic(html_path, _environment(autoescape=True).get_template("report.html.j2").render(context))
+    write_atomic(md_path, _environment(autoescape=False).get_template("report.md.j2").render(context))
+    write_atomic(html_path, _environment(autoescape=True).get_template("report.html.j2").render(context))
     if metrics is not None and (run_dir / "config.json").is_file():  # a saved model: its card
-        _write_atomic(run_dir / MODEL_CARD, model_card(metrics, config, run_dir.name))
+        write_atomic(run_dir / MODEL_CARD, model_card(metrics, config, run_dir.name))
     return md_path, html_path
 
 

@@ -278,13 +278,14 @@ _RESUME_MAY_CHANGE = {
     "el_batch_size", "cpu", "allow_pickle", "trust_remote_code", "max_examples", "forget", "retain",
     "report_samples", "show_text",
 }
-_OPTION_NAMES = {"imagination_strength": "strength", "task_vector_alpha": "alpha"}
+# Config fields whose command-line option is named otherwise.
+OPTION_NAMES = {"imagination_strength": "strength", "task_vector_alpha": "alpha"}
 # Config fields that are method hyper-parameters (each method declares the ones it takes).
 METHOD_OPTIONS = ("imagination_strength", "beta", "margin", "task_vector_alpha", "dpd_lambda")
 
 
 def _option(name: str) -> str:
-    return "--" + _OPTION_NAMES.get(name, name).replace("_", "-")
+    return "--" + OPTION_NAMES.get(name, name).replace("_", "-")
 
 
 def build_method(config: UnlearnConfig) -> UnlearningMethod:
@@ -314,9 +315,8 @@ def _check_resume_config(saved: dict, requested: dict, path: Path) -> None:
     for name, value in requested.items():
         if name in _RESUME_MAY_CHANGE or saved.get(name) == value:
             continue
-        option = "--" + _OPTION_NAMES.get(name, name).replace("_", "-")
         raise UserError(
-            f"--resume: {option} is {value!r} here but {saved.get(name)!r} in the checkpoint {path}; "
+            f"--resume: {_option(name)} is {value!r} here but {saved.get(name)!r} in the checkpoint {path}; "
             "resume with the same value (or start over with --overwrite)"
         )
 
