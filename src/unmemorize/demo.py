@@ -156,13 +156,9 @@ def greedy_completions(model: torch.nn.Module, tokenizer, records: list[Customer
         through_last_value = record.text[: max(p.end for p in record.pii)]
         lengths.append(len(tokenizer(through_last_value)["input_ids"]) - len(prompt) + COMPLETION_SLACK)
     with evaluating(model):
-        generated = decode(model, prompts, lengths, choose_argmax, pad_token_id=_pad_id(tokenizer),
+        generated = decode(model, prompts, lengths, choose_argmax, pad_token_id=tokenizer.pad_token_id,
                            on_tokens=token_counter(progress, sum(lengths)))
     return [tokenizer.decode(ids, skip_special_tokens=True) for ids in generated]
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 # --- step 2: the simulated leak ---------------------------------------------------------
@@ -290,7 +286,7 @@ def memorize_records(model: torch.nn.Module, tokenizer, records: list[CustomerRe
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - 0.9 * k / total_steps)
     value_positions = _value_token_positions(records, tokenized)
     total_values = sum(len(v) for v in value_positions)
-    pad_id, device = _pad_id(tokenizer), model_device(model)
+    pad_id, device = tokenizer.pad_token_id, model_device(model)
     generator = torch.Generator().manual_seed(config.seed)
     history, step = [], 0
     model.train()
@@ -347,18 +343,13 @@ def leaky_model(config: DemoConfig, records: list[CustomerRecord], replay: list[
     loaded = load_model(config.model, device=device, allow_pickle=config.allow_pickle,
                         trust_remote_code=config.trust_remote_code, progress=reporter.message)
     model, info = memorize_records(loaded.model, loaded.tokenizer, records, replay, config, reporter)
-    for attr in ("quantization_config",):  # dequantized GGUF weights: the marker only blocks saving
-        if hasattr(model.config, attr):
-            delattr(model.config, attr)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
         (tmp / LEAK_MARKER).write_text(json.dumps({"model": config.model, **info}, indent=2))
-        if path.exists():  # an unfinished leftover without the marker
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        publish_directory(tmp, path)  # replaces an unfinished leftover without the marker
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -400,7 +391,7 @@ def audit(model: torch.nn.Module, tokenizer, forgotten: list[CustomerRecord], ke
     completions = greedy_completions(model, tokenizer, records, reporter.evaluation(f"{label}: completing prompts"))
     entries = [leak_entry(r, c) for r, c in zip(records, completions)]
     sequences = [t.input_ids for t in tokenize_examples([r.example() for r in records], tokenizer, max_length=512)]
-    ma = memorization(model, sequences, compute_el=False, pad_token_id=_pad_id(tokenizer)).ma
+    ma = memorization(model, sequences, compute_el=False, pad_token_id=tokenizer.pad_token_id).ma
     k = len(forgotten)
     ppl_progress = reporter.evaluation(f"{label}: general-text perplexity")
     ppl = perplexity(model, tokenizer, texts, max_length=config.general_max_length,
