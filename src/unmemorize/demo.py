@@ -333,10 +333,10 @@ def memorize_records(model: torch.nn.Module, tokenizer, records: list[CustomerRe
 def leaky_model(config: DemoConfig, records: list[CustomerRecord], replay: list[str], reporter: Reporter):
     """The base model fine-tuned on the records: from the cache, or trained and cached.
     Returns (loaded model, its directory)."""
-    from .models import load_model
+    from .models import default_device, load_model
 
     path = leak_cache_path(config, records, replay)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     if (path / LEAK_MARKER).exists():
         reporter.message(f"using cached leaky model {path}")
         return load_model(str(path), device=device, progress=reporter.message), path
@@ -455,7 +455,7 @@ class _Stages:
 def run_demo(config: DemoConfig, reporter: Reporter | None = None, console=None) -> dict:
     """Run the five steps; returns what is written to ``<out>/demo.json``. ``console`` (rich)
     receives the tables; None prints nothing but the reporter's messages."""
-    from .models import load_model
+    from .models import default_device, load_model
 
     reporter = reporter or Reporter()
     config.validate()
@@ -505,7 +505,7 @@ def run_demo(config: DemoConfig, reporter: Reporter | None = None, console=None)
             forget_file.unlink()
             retain_file.unlink()
         with stages("audit_after", "re-audit: forgotten and kept customers, general text"):
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = default_device()
             unlearned = load_model(str(staging / UNLEARNED_DIR), device=device, progress=reporter.message)
             after = audit(unlearned.model, unlearned.tokenizer, forgotten, kept, texts, config, reporter, "after")
             del unlearned

@@ -165,7 +165,7 @@ def _memorization_suite(model, tokenizer, config: EvalConfig, reporter: EvalRepo
     }
     sequences = [t.input_ids for t in forget]
     if config.paper_el:
-        paper_sequences = sequences[: config.paper_el_limit] if config.paper_el_limit else sequences
+        paper_sequences = sequences[: config.paper_el_limit]
         values = paper_extraction_likelihood(
             model, paper_sequences, n=config.el_n[0], seed=config.seed, pad_token_id=pad,
             progress=reporter.progress("EL (paper code: sampled, cut every 40)"),
@@ -237,15 +237,13 @@ def _nlg_suite(model, tokenizer, config: EvalConfig, reporter: EvalReporter, jud
 
 def run_eval(config: EvalConfig, reporter: EvalReporter | None = None) -> dict:
     """Evaluate ``config.model`` (and ``config.original`` beside it) on the chosen suites."""
-    from .models import load_model
+    from .models import default_device, load_model
 
     reporter = reporter or EvalReporter()
     config.validate()
     check_inputs(config)
     started = time.time()
-    import torch
-
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = config.device or default_device()
     labels = {"model": config.model}
     if config.original:
         labels = {"original": config.original, "unlearned": config.model}

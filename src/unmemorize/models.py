@@ -264,6 +264,11 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
+def default_device() -> str:
+    """Where models go unless told otherwise: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _check_device(device: str) -> torch.device:
     try:
         target = torch.device(device)

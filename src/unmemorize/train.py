@@ -350,6 +350,13 @@ def _data_fingerprint(tokenized: list, weights: list[list[float]], trainable: li
     return digest.hexdigest()
 
 
+def seeded_permutation(size: int, *key: int) -> list[int]:
+    """A permutation of range(size) drawn from the integer ``key`` alone: the same in every process
+    and run (hash() of a tuple of ints is not randomized)."""
+    generator = torch.Generator().manual_seed(hash(key) & 0xFFFF_FFFF_FFFF_FFFF)
+    return torch.randperm(size, generator=generator).tolist()
+
+
 class EpochShuffle(torch.utils.data.Sampler):
     """A fresh permutation each epoch, drawn from (seed, epoch) alone: a resumed run finds the
     order of any epoch without replaying the ones before it. Accelerate calls set_epoch."""
@@ -361,9 +368,7 @@ class EpochShuffle(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __iter__(self):
-        # hash() of a tuple of ints is the same in every process and run (no hash randomization).
-        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)) & 0xFFFF_FFFF_FFFF_FFFF)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        return iter(seeded_permutation(self.size, self.seed, self.epoch))
 
     def __len__(self) -> int:
         return self.size
@@ -378,15 +383,14 @@ class RetainStream:
 
     def __init__(self, items: list, batch_size: int, seed: int, pad_id: int) -> None:
         self.items, self.batch_size, self.seed, self.pad_id = items, batch_size, seed, pad_id
-        self._orders: dict[int, list[int]] = {}
+        self._cycle, self._order = -1, []  # the permutation of the current pass
 
     def _item(self, position: int):
         cycle, offset = divmod(position, len(self.items))
-        if cycle not in self._orders:
-            # Distinct from the forget order's seeds; ints hash alike in every process and run.
-            generator = torch.Generator().manual_seed(hash((self.seed, -1, cycle)) & 0xFFFF_FFFF_FFFF_FFFF)
-            self._orders = {cycle: torch.randperm(len(self.items), generator=generator).tolist()}
-        return self.items[self._orders[cycle][offset]]
+        if cycle != self._cycle:
+            # The key's -1 keeps it distinct from the forget order's (seed, epoch).
+            self._cycle, self._order = cycle, seeded_permutation(len(self.items), self.seed, -1, cycle)
+        return self.items[self._order[offset]]
 
     def batch(self, k: int, rank: int = 0, processes: int = 1) -> dict[str, torch.Tensor]:
         start = (k * processes + rank) * self.batch_size
@@ -638,6 +642,17 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
         """A normalizer summed over the step's micro-batches and over every process."""
         return accelerator.reduce(torch.as_tensor(sum(values), device=accelerator.device, dtype=torch.float32), "sum")
 
+    def backward_term(batch: dict, loss_sum: Callable, needs_teacher: bool, norm: torch.Tensor,
+                      weight: float = 1.0) -> torch.Tensor:
+        """Forward one micro-batch, backward its share of the step's loss; the share, detached."""
+        target = teacher_logits(batch) if needs_teacher else None
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # DDP averages gradients over processes; multiplying by their number turns the average
+        # back into the sum that Σ w ℓ / Σ w over the whole step needs.
+        loss = weight * loss_sum(logits, batch, target) / norm * accelerator.num_processes
+        accelerator.backward(loss)
+        return loss.detach() / accelerator.num_processes
+
     def _optimizer_step(micro_batches: list[dict], retain_batches: list[dict]) -> tuple[float | None, float | None]:
         """One update; returns the step's loss (forget term + retain term) and its retain term."""
         total_norm = step_total(method.normalizer(b) for b in micro_batches)
@@ -651,30 +666,19 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
             if retain_batches:
                 # Never synced itself: the forget term's last backward below syncs the whole step.
                 with accelerator.no_sync(model):
-                    kept = retain_batches[index]
-                    target = teacher_logits(kept) if method.retain_needs_teacher else None
-                    logits = model(input_ids=kept["input_ids"], attention_mask=kept["attention_mask"]).logits
-                    loss = (config.retain_weight * method.retain_loss_sum(logits, kept, target)
-                            / retain_norm * accelerator.num_processes)
-                    accelerator.backward(loss)
-                    retain_loss += loss.detach() / accelerator.num_processes
-                    del logits, target
+                    retain_loss += backward_term(retain_batches[index], method.retain_loss_sum,
+                                                 method.retain_needs_teacher, retain_norm, config.retain_weight)
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                target = teacher_logits(batch) if method.needs_teacher else None
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                # DDP averages gradients over processes; multiplying by their number turns the
-                # average back into the sum that Σ w ℓ / Σ w over the whole step needs.
-                loss = method.loss_sum(logits, batch, target) / total_norm * accelerator.num_processes
-                accelerator.backward(loss)
-                step_loss += loss.detach() / accelerator.num_processes
-                del logits, target
+                step_loss += backward_term(batch, method.loss_sum, method.needs_teacher, total_norm)
         if config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if not retain_batches:  # no retain term: one reduction less on every step
+            return accelerator.reduce(step_loss, "sum").item(), None
         retain_total = accelerator.reduce(retain_loss, "sum").item()
-        return accelerator.reduce(step_loss, "sum").item() + retain_total, retain_total if retain_batches else None
+        return accelerator.reduce(step_loss, "sum").item() + retain_total, retain_total
 
     steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
     total_steps = config.epochs * steps_per_epoch
@@ -730,13 +734,16 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
             kept = "no checkpoint was written (--checkpoint-every N keeps one)"
         raise TrainingDiverged(f"training diverged at step {step}: {bad}; lower --lr; {kept}")
 
+    def load_trainable(weights: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, value in weights.items():
+                named_trainable[name].copy_(value)
+
     def put_final_weights() -> dict[str, torch.Tensor]:
         """Put the method's final weights in place (task arithmetic: θ − α·(θ_ft − θ)); returns
         the trained weights they replace."""
         trained = {name: p.detach().clone() for name, p in named_trainable.items()}
-        with torch.no_grad():
-            for name, value in method.final_weights(trained, initial_weights).items():
-                named_trainable[name].copy_(value)
+        load_trainable(method.final_weights(trained, initial_weights))
         return trained
 
     @contextlib.contextmanager
@@ -749,9 +756,7 @@ def unlearn(config: UnlearnConfig, reporter: Reporter | None = None) -> dict:
         try:
             yield
         finally:
-            with torch.no_grad():
-                for name, value in trained.items():
-                    named_trainable[name].copy_(value)
+            load_trainable(trained)
 
     start_epoch, skip_batches = position["epoch"], position["batches"]
     in_step = False

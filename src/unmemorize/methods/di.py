@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from ..errors import UserError
 from . import UnlearningMethod, register
 # Softmax over a 262k vocabulary in bf16 loses the small probabilities imagination creates.
-from .likelihood import at_least_fp32
+from ..metrics.decoding import at_least_float32
 
 
 def imagined_targets(
     teacher_logits: torch.Tensor, next_tokens: torch.Tensor, imagination_strength: float
 ) -> torch.Tensor:
     """softmax(z − γ·onehot(x)) over the last dimension. Shapes: [..., V] and [...]."""
-    shifted = at_least_fp32(teacher_logits).clone()
+    shifted = at_least_float32(teacher_logits).clone()
     shifted.scatter_add_(
         -1,
         next_tokens.unsqueeze(-1),
@@ -39,7 +39,7 @@ def di_token_losses(
     """ℓ_t = −Σ_v p'_t(v) log q_t(v) for t = 1..T−1, shape [B, T−1]. Position t's prediction
     comes from the logits at t−1."""
     targets = imagined_targets(teacher_logits[:, :-1], input_ids[:, 1:], imagination_strength)
-    student = at_least_fp32(student_logits[:, :-1])
+    student = at_least_float32(student_logits[:, :-1])
     # cross_entropy with probability targets wants the class dimension second.
     return F.cross_entropy(student.transpose(1, 2), targets.transpose(1, 2), reduction="none")
 

@@ -26,14 +26,14 @@ import torch
 
 from ..errors import UserError
 from . import UnlearningMethod, register
-from .likelihood import at_least_fp32
+from ..metrics.decoding import at_least_float32
 
 DPD_FILE = "dpd.json"
 
 
 def dpd_logits(logits: torch.Tensor, dpd_lambda: float) -> torch.Tensor:
     """log(λ·softmax(z) + (1 − λ)/V) over the last dimension, computed in log space."""
-    log_probs = at_least_fp32(logits).log_softmax(-1)
+    log_probs = at_least_float32(logits).log_softmax(-1)
     if dpd_lambda == 1:
         return log_probs
     uniform = math.log1p(-dpd_lambda) - math.log(logits.shape[-1])

@@ -12,13 +12,9 @@ import torch.nn.functional as F
 from ..metrics.decoding import at_least_float32
 
 
-# log-softmax over a 262k vocabulary in bf16 loses the small probabilities.
-at_least_fp32 = at_least_float32
-
-
 def token_log_probs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """log p(x_t | x_<t) for t = 1..T−1, shape [B, T−1]."""
-    log_probs = at_least_fp32(logits[:, :-1]).log_softmax(-1)
+    log_probs = at_least_float32(logits[:, :-1]).log_softmax(-1)
     return log_probs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 
 
@@ -42,6 +38,6 @@ def sequences_with_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def token_kl(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """KL(p_ref ‖ p) at every predicting position, shape [B, T−1] (prediction of token t)."""
-    reference = at_least_fp32(reference_logits[:, :-1]).log_softmax(-1)
-    student = at_least_fp32(logits[:, :-1]).log_softmax(-1)
+    reference = at_least_float32(reference_logits[:, :-1]).log_softmax(-1)
+    student = at_least_float32(logits[:, :-1]).log_softmax(-1)
     return F.kl_div(student, reference, log_target=True, reduction="none").sum(-1)

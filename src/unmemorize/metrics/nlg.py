@@ -60,8 +60,6 @@ MAUVE_INSTALL = "pip install mauve-text"
 LOGITS_BUDGET = 2**27
 # Positions per cross-entropy call: bounds the log-softmax temporary (256 x 262k floats = 256 MiB).
 NLL_CHUNK = 256
-# Top-p first looks for the nucleus among this many most likely tokens (and widens when the
-# nucleus is larger): sorting all 262k logits of a 128-row batch costs seconds per step.
 
 
 def _no_progress(_stage: str, _done: int, _total: int) -> None:
