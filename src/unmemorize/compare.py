@@ -50,6 +50,7 @@ from .errors import UserError
 from .evaluate import EvalConfig, EvalReporter, check_inputs, flatten, quick_settings, run_eval, write_json
 from .methods import METHODS
 from .paths import write_atomic
+from .report import metric_label
 from .train import OPTION_NAMES, Reporter, UnlearnConfig, build_method, unlearn
 
 ORIGINAL = "original"
@@ -496,7 +497,7 @@ _STOPPED = {
 
 def _markdown(comparison: dict, el_key: str) -> str:
     rows = comparison["rows"]
-    el_label = el_key.removesuffix("_paper_code").upper().replace("_", "-")
+    el_label = metric_label(el_key.removesuffix("_paper_code"))
     el_label += " (paper code)" if el_key.endswith("_paper_code") else ""
     columns = [(f"forget_{el_key}", f"forget {el_label} ↓", d) if key == "forget_EL"
                else (key, header, d) for key, header, d in _COLUMNS]

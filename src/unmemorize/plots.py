@@ -10,6 +10,8 @@ from typing import Sequence
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .report import _finite, metric_label
+
 BEFORE_COLOR = "#9aa5b1"
 AFTER_COLOR = "#c0392b"
 REFERENCE_COLOR = "#2c7a4b"
@@ -20,15 +22,6 @@ def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     return buffer.getvalue()
-
-
-def metric_label(key: str) -> str:
-    """``ma`` -> ``MA``, ``el_10`` -> ``EL-10``."""
-    return key.upper().replace("_", "-")
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def memorization_plot(

@@ -215,6 +215,11 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def metric_label(key: str) -> str:
+    """``ma`` -> ``MA``, ``el_10`` -> ``EL-10``."""
+    return key.upper().replace("_", "-")
+
+
 def fmt(value: Any) -> str:
     """A table cell: 3 decimals between 0.01 and 100 (rates, AUCs, perplexities line up in a
     column), 3 significant digits below, 4 above, '–' for missing, 'n/a' for NaN."""
@@ -441,8 +446,9 @@ def _compare_context(run_dir: Path, figures: _Figures) -> dict:
                 columns.append(key)
     figure = None
     plot = run_dir / "tradeoff.png"
-    if plot.is_file() and plot.read_bytes().startswith(PNG_SIGNATURE):
-        figure = figures.add("tradeoff", "Trade-off: memorization vs utility", plot.read_bytes())
+    png = plot.read_bytes() if plot.is_file() else b""
+    if png.startswith(PNG_SIGNATURE):
+        figure = figures.add("tradeoff", "Trade-off: memorization vs utility", png)
     extra = {k: v for k, v in data.items() if not isinstance(v, (dict, list))} if isinstance(data, dict) else {}
     return {
         "columns": columns, "rows": [[row.get(c) for c in columns] for row in rows], "figure": figure,
@@ -511,7 +517,7 @@ def _environment(autoescape: bool) -> jinja2.Environment:
     env.filters["signed"] = lambda value: ("+" if _finite(value) and value > 0 else "") + fmt(value)
     env.filters["secs"] = lambda value: f"{value:.1f}" if _finite(value) else fmt(value)
     env.filters["md"] = _md_text
-    env.filters["label"] = lambda key: str(key).upper().replace("_", "-") if re.fullmatch(r"(ma|el_\d+)", str(key)) else key
+    env.filters["label"] = lambda key: metric_label(str(key)) if re.fullmatch(r"(ma|el_\d+)", str(key)) else key
     return env
 
 
