@@ -285,6 +285,19 @@ def test_a_failed_output_write_keeps_the_previous_output(tiny_models, forget_fil
     assert sorted(p.name for p in tmp_path.iterdir()) == ["forget.jsonl", "run"]  # no temporaries
 
 
+def test_output_folders_get_the_umask_permissions_not_private_ones(tiny_models, forget_file, tmp_path):
+    # Outputs are built in a temporary folder (mkdtemp: 0700) and renamed into place; the result is
+    # an ordinary folder, readable as the umask allows, like anything else the user creates.
+    umask = os.umask(0o022)
+    try:
+        out = tmp_path / "run"
+        unlearn(UnlearnConfig(model=str(tiny_models["llama"]), forget=str(forget_file), max_steps=1,
+                              el_n=[2], out=str(out)))
+    finally:
+        os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o755
+
+
 def test_inputs_are_never_modified(tiny_models, forget_file, tmp_path):
     model = tiny_models["gpt_neo"]
     before = tree_digest(model), forget_file.read_bytes(), forget_file.stat().st_mtime_ns

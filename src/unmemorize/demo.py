@@ -27,9 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +41,7 @@ from .errors import UserError
 from .focus import tokens_in_focus
 from .metrics.decoding import accepts_kwarg, choose_argmax, decode, evaluating, model_device, token_counter
 from .metrics.memorization import memorization
-from .paths import cache_dir, data_path, publish_directory
+from .paths import cache_dir, data_path, publish_directory, staging_directory
 from .synthetic import EXTRACTABLE_KINDS, CustomerRecord, corpus_fingerprint, customer_records, write_jsonl
 from .train import Reporter, UnlearnConfig, unlearn
 
@@ -343,8 +341,7 @@ def leaky_model(config: DemoConfig, records: list[CustomerRecord], replay: list[
     loaded = load_model(config.model, device=device, allow_pickle=config.allow_pickle,
                         trust_remote_code=config.trust_remote_code, progress=reporter.message)
     model, info = memorize_records(loaded.model, loaded.tokenizer, records, replay, config, reporter)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = staging_directory(path)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
@@ -463,11 +460,7 @@ def run_demo(config: DemoConfig, reporter: Reporter | None = None, console=None)
     _check_out(out)
     started = time.time()
     stages = _Stages(reporter, console, 5)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the demo is an ordinary folder
+    staging = staging_directory(out)
     try:
         with stages("corpus", "synthetic customer records (Faker)"):
             records = customer_records(config.records, config.seed)

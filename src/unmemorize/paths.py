@@ -58,6 +58,17 @@ def cache_dir() -> Path:
     return path
 
 
+def staging_directory(out: Path) -> Path:
+    """A new empty directory beside ``out`` to build it in, for ``publish_directory``. mkdtemp makes
+    it private (0700); an output folder gets the permissions any new folder gets (the umask)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    return staging
+
+
 def publish_directory(staging: Path, out: Path) -> None:
     """Rename a finished ``staging`` directory to ``out``. A rename cannot replace a non-empty
     directory, so an existing ``out`` is moved aside first and removed only afterwards: one

@@ -18,7 +18,6 @@ import math
 import resource
 import shutil
 import signal
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from .focus import Focus, focus_spans, target_weights
 from .methods import UnlearningMethod, get_method, method_parameters
 from .metrics.memorization import MemorizationResult, memorization
 from .models import load_model
-from .paths import publish_directory
+from .paths import publish_directory, staging_directory
 from .report import DEFAULT_REPORT_SAMPLES, MODEL_CARD, SAMPLES_FILE, data_summary, forget_continuations, model_card
 
 
@@ -889,8 +888,7 @@ def _save(out_dir: Path, model, tokenizer, config: UnlearnConfig, metrics: dict,
           extra_files: dict[str, str] | None = None) -> None:
     """Write everything under a temporary name beside ``out_dir``, then rename: a crash never
     leaves a directory that looks finished."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = staging_directory(out_dir)
     try:
         if config.lora:
             if config.save_adapter:
