@@ -87,15 +87,16 @@ def make_config(arch: str, vocab_size: int):
     raise ValueError(arch)
 
 
-def make_model_dir(directory: Path, arch: str, seed: int = 0, add_bos: bool = True) -> Path:
+def make_model_dir(directory: Path, arch: str, seed: int = 0, add_bos: bool = True, peaked: bool = True) -> Path:
     tokenizer = make_tokenizer(directory, add_bos=add_bos)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(make_config(arch, len(tokenizer)))
     # Larger random weights make the tiny models' predictions peaked and varied, so metrics
-    # and losses are far from degenerate values.
+    # and losses are far from degenerate values. ``peaked=False`` keeps the architecture's own
+    # initialization, from which a few fine-tuning steps memorize text (the demo's leak).
     with torch.no_grad():
         for p in model.parameters():
-            if p.dim() > 1:
+            if p.dim() > 1 and peaked:
                 p.normal_(0, 0.5)
     model.save_pretrained(directory)
     return directory
@@ -118,6 +119,12 @@ def _one_torch_thread(request):
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """One saved tiny model directory (with tokenizer) per architecture."""
     return {arch: make_model_dir(tmp_path_factory.mktemp(arch), arch) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def learnable_model(tmp_path_factory) -> Path:
+    """A tiny Llama with its own initialization: fine-tuning makes it memorize quickly."""
+    return make_model_dir(tmp_path_factory.mktemp("learnable"), "llama", peaked=False)
 
 
 @pytest.fixture(params=ARCHITECTURES)

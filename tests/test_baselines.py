@@ -21,7 +21,11 @@ from unmemorize.methods import get_method, method_parameters
 from unmemorize.methods.dpd import DPD_FILE, apply_dpd, dpd_logits
 from unmemorize.metrics.decoding import choose_argmax, decode
 from unmemorize.models import load_model
-from unmemorize.train import Interrupted, Reporter, RetainStream, UnlearnConfig, unlearn
+from unmemorize.config import UnlearnConfig
+from unmemorize.events import Events
+from unmemorize.recipes.unlearn import unlearn
+from unmemorize.training.components import RetainStream
+from unmemorize.training.loop import Interrupted
 
 from conftest import exit_code
 
@@ -264,11 +268,11 @@ def test_kl_first_step_sees_the_original_model_as_teacher(tiny_models, forget_fi
         assert second["retain_loss"] > 0, lora
 
 
-class InterruptAt(Reporter):
+class InterruptAt(Events):
     def __init__(self, step):
         self.at = step
 
-    def step(self, record):
+    def step(self, record, total_steps):
         if record.step == self.at:
             raise KeyboardInterrupt
 

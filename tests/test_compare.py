@@ -9,8 +9,11 @@ import json
 import pytest
 import yaml
 
-import unmemorize.compare as compare
-from unmemorize.compare import expand_env, load_config, make_plans, parse_config
+import unmemorize.recipes.compare as compare
+from unmemorize.events import Events
+from unmemorize.reporting.plots import label_offsets
+from unmemorize.config import expand_env
+from unmemorize.recipes.compare import load_config, make_plans, parse_config
 
 from conftest import exit_code
 
@@ -134,7 +137,7 @@ def test_a_run_trained_but_not_evaluated_is_only_evaluated(setting, tmp_path, mo
     monkeypatch.setattr(compare, "unlearn", lambda *a, **k: pytest.fail("trained again"))
     messages = []
 
-    class Collect(compare.CompareReporter):
+    class Collect(Events):
         def message(self, text):
             messages.append(text)
 
@@ -158,8 +161,8 @@ def base_config(**extra):
     (lambda c: c.update(runs=[{"name": "x y", "method": "di"}]), "needs a `name`"),
     (lambda c: c.update(runs=[{"name": "a"}]), "needs a `method`"),
     (lambda c: c.update(runs=[{"name": "a", "method": "di", "strenght": 3}]), "unknown key 'strenght' in run 'a'"),
-    (lambda c: c.update(lr="fast"), "'lr' in the config must be of type float"),
-    (lambda c: c.update(eval={"suits": ["nlu"]}), "unknown key 'suits' under eval:"),
+    (lambda c: c.update(lr="fast"), "--lr takes a number, not 'fast' \\(in the config\\)"),
+    (lambda c: c.update(eval={"suits": ["nlu"]}), "unknown key 'suits' in eval: of the config"),
     (lambda c: c.pop("forget"), "needs `forget`"),
     (lambda c: c.update(forget="${UNMEMORIZE_TEST_UNSET_VAR}/f.txt"), "UNMEMORIZE_TEST_UNSET_VAR is not set"),
 ])
@@ -206,7 +209,7 @@ def test_yaml_values_take_the_option_types():
     config = parse_config(base_config(lr="2e-3", **{"stop-ma": "auto", "stop_el": "0.1", "el_n": 10,
                                                      "eval": {"quick": True, "nlu_limit": "20", "suites": "memorization"}}))
     assert config.shared["lr"] == 0.002 and config.shared["stop_ma"] == "auto" and config.shared["stop_el"] == 0.1
-    assert config.shared["el_n"] == [10] and config.eval == {"nlu_limit": 20, "suites": ["memorization"]}
+    assert config.shared["el_n"] == (10,) and config.eval == {"nlu_limit": 20, "suites": ("memorization",)}
     assert config.quick is True
 
 
@@ -235,11 +238,11 @@ def test_table_only_tabulates_finished_runs_and_names_the_pending(setting, tmp_p
 def test_trade_off_labels_move_apart_for_runs_that_land_together():
     # Two runs on the same spot get different label positions; a lone run keeps the default
     # (right of and above its marker).
-    offsets = compare._label_offsets([(0.40, 18.0), (0.40, 18.0), (0.55, 30.0)])
+    offsets = label_offsets([(0.40, 18.0), (0.40, 18.0), (0.55, 30.0)])
     assert offsets[0] != offsets[1]
     assert offsets[2] == ((6, 5), "left")
-    assert compare._label_offsets([]) == []
-    assert compare._label_offsets([(0.3, 1.0)]) == [((6, 5), "left")]
+    assert label_offsets([]) == []
+    assert label_offsets([(0.3, 1.0)]) == [((6, 5), "left")]
     # A run just right of another: the first one's label goes to its left, off the neighbour.
-    beside = compare._label_offsets([(0.0, 0.0), (0.02, 0.02), (1.0, 1.0)])
+    beside = label_offsets([(0.0, 0.0), (0.02, 0.02), (1.0, 1.0)])
     assert beside[0][1] == "right"

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from unmemorize import demo
+from unmemorize.recipes import demo
 from unmemorize.cli import main
 from unmemorize.data import load_examples
-from unmemorize.demo import Audit, DemoConfig, leak_entry, leaked_count, passed, run_demo, summarize
+from unmemorize.config import DemoConfig
+from unmemorize.recipes.demo import Audit, leak_entry, leaked_count, passed, run_demo, summarize
 from unmemorize.errors import UserError
 from unmemorize.synthetic import EXTRACTABLE_KINDS, PII_KINDS, customer_records, write_jsonl
-from unmemorize.train import Reporter
+from unmemorize.events import Events
 
 SUMMARY_KEYS = {
     "pii_leaked_before", "pii_leaked_after", "pii_total", "kept_pii_leaked_before",
@@ -26,7 +27,7 @@ TOP_KEYS = {"model", "records", "forgotten_customers", "kept_customers", "leak_b
             "summary", "timings_s", "passed", "synthetic"}
 
 
-class Messages(Reporter):
+class Messages(Events):
     def __init__(self) -> None:
         self.lines: list[str] = []
 
@@ -78,7 +79,7 @@ def test_bad_corpus_size_is_a_user_error():
     with pytest.raises(UserError, match="--records"):
         customer_records(0)
     with pytest.raises(UserError, match="fewer than --records"):
-        DemoConfig(records=2, forget_customers=2).validate()
+        DemoConfig(records=2, forget_customers=2)
 
 
 # --- leak detection and the verdict -----------------------------------------------------
@@ -116,33 +117,6 @@ def test_pass_needs_a_real_leak_removed():
     assert not passed(summarize(audit(leaking[:1], leaking[1:]), audit(leaking[:1], silent[1:])))
     # Nothing leaked in the first place: nothing was shown to be removed.
     assert not passed(summarize(audit(silent[:1], leaking[1:]), audit(silent[:1], leaking[1:])))
-
-
-# --- the leak step's partial softmax ----------------------------------------------------
-
-
-@pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_subset_head_gives_the_models_own_logits_on_its_rows(arch):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from conftest import make_config
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(make_config(arch, 5000)).eval()
-    corpus = [4321, 4999, 2500, 7, 3000, 4321]
-    head = demo._SubsetHead(model, corpus, size=1000)
-    assert head.rows is not None
-    assert set(head.rows.tolist()) == set(range(1000)) | set(corpus)
-    input_ids = torch.tensor([corpus, [5, 6, 7, 4999, 2500, 1]])
-    mask = torch.ones_like(input_ids)
-    with torch.no_grad():
-        logits, targets = head(input_ids, mask)
-        full = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
-    torch.testing.assert_close(logits, full[..., head.rows], rtol=1e-4, atol=1e-4)
-    assert (head.rows[targets] == input_ids[:, 1:]).all()  # targets index the subset's rows
-    # A vocabulary not much larger than the subset keeps the model's whole softmax.
-    assert demo._SubsetHead(model, corpus, size=4000).rows is None
 
 
 # --- the story on a tiny model ----------------------------------------------------------
@@ -184,36 +158,42 @@ def test_tiny_demo_writes_its_output_and_reuses_the_leaky_model(tiny_models, tmp
     assert second["leak_before"] == result["leak_before"]
 
 
-def test_demo_passes_when_the_forgotten_pii_stops_leaking(tiny_models, tmp_path, monkeypatch, capsys):
-    """The pass/fail rule end to end through the CLI, with completions injected: before
-    unlearning every record comes back verbatim; after, the forgotten customer's does not."""
-    calls = []
+# A full fine-tune of the tiny Llama memorizes part of the records' PII in these settings (a
+# LoRA adapter on a 32-wide model learns too slowly); unlearning then removes it.
+LEARNING = ["--records", "3", "--forget-customers", "1", "--leak-full", "--leak-lr", "0.01",
+            "--leak-max-epochs", "60", "--leak-batch-size", "1", "--unlearn-epochs", "4", "--unlearn-lr", "0.03",
+            "--general-docs", "2", "--general-max-length", "32"]
 
-    def completions(model, tokenizer, records, progress=None):
-        calls.append(len(records))
-        forgotten_after = 1 if len(calls) > 1 else 0  # the first record is the forgotten one
-        return ["" if i < forgotten_after else r.text[len(r.prompt):] for i, r in enumerate(records)]
 
-    monkeypatch.setattr(demo, "greedy_completions", completions)
+def test_demo_passes_when_unlearning_removes_the_leaked_pii(learnable_model, tmp_path, capsys):
+    """The whole story on a tiny model that does memorize: the leak is real, unlearning changes
+    the forgotten customer's completion and removes the PII it held, and the CLI says PASS."""
     out = tmp_path / "demo"
-    args = ["demo", "--model", str(tiny_models["gpt_neo"]), "--out", str(out), "--records", "3",
-            "--forget-customers", "1", "--leak-max-epochs", "1", "--unlearn-epochs", "1"]
-    main(args)  # exit code 0: main returns normally
+    main(["demo", "--model", str(learnable_model), "--out", str(out), *LEARNING])  # exit code 0
     result = json.loads((out / "demo.json").read_text())
     check_schema(result, records=3, forgotten=1)
-    assert result["passed"] is True
     s = result["summary"]
-    assert (s["pii_leaked_before"], s["pii_leaked_after"], s["kept_pii_leaked_after"]) == (4, 0, 8)
+    assert s["pii_leaked_before"] > 0 and s["pii_leaked_after"] == 0 and result["passed"] is True
+    before, after = result["leak_before"][0], result["leak_after"][0]
+    assert before["completion"] != after["completion"]
+    leaked = [p["value"] for p in before["pii"] if p["leaked"]]
+    assert all(value in before["completion"] and value not in after["completion"] for value in leaked)
+    assert s["forget_ma_after"] < s["forget_ma_before"]
     text = capsys.readouterr().out
-    assert "PASS" in text and "report written to" in text
+    assert f"PASS: the forgotten customers' PII is no longer extracted ({s['pii_leaked_before']} of 4" in text
     assert (out / "report.html").is_file()
 
-    calls.clear()
-    monkeypatch.setattr(demo, "greedy_completions",
-                        lambda model, tokenizer, records, progress=None: [r.text for r in records])
-    with pytest.raises(SystemExit) as exit_info:  # still leaking after: exit code 1
+
+def test_demo_fails_when_unlearning_does_not_remove_the_pii(learnable_model, tmp_path, capsys):
+    """The same leaky model (from the cache), unlearned with a learning rate too small to change
+    anything: its PII is still extracted, and the exit code is 1."""
+    args = ["demo", "--model", str(learnable_model), "--out", str(tmp_path / "demo"), *LEARNING]
+    args[args.index("--unlearn-lr") + 1] = "1e-9"
+    with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 1
+    result = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert result["summary"]["pii_leaked_after"] == result["summary"]["pii_leaked_before"] > 0
     assert "FAIL" in capsys.readouterr().out
 
 

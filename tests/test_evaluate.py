@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from unmemorize.evaluate import comparison_rows, flatten
+from unmemorize.reporting.tables import comparison_rows, flatten
 
 from conftest import exit_code
 
@@ -47,7 +47,7 @@ def test_eval_without_data_names_the_inputs(tiny_models, tmp_path, monkeypatch, 
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--suites", "memorization,vibes"], "unknown suite"),
+    (["--suites", "memorization,vibes"], "--suites must be one of"),
     (["--suites", "memorization"], "needs --forget"),
     (["--nlu-limit", "0", "--suites", "nlu"], "--nlu-limit must be at least 1"),
 ])

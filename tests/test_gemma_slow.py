@@ -2,7 +2,8 @@
 
 import pytest
 
-from unmemorize.train import UnlearnConfig, unlearn
+from unmemorize.config import UnlearnConfig
+from unmemorize.recipes.unlearn import unlearn
 
 
 @pytest.mark.slow

@@ -8,11 +8,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from unmemorize.evaluate import EvalConfig, run_eval
+from unmemorize.config import EvalConfig
+from unmemorize.recipes.evaluate import run_eval
 from unmemorize.methods import get_method
 from unmemorize.metrics.memorization import memorization
 from unmemorize.models import load_model
-from unmemorize.train import UnlearnConfig, unlearn
+from unmemorize.config import UnlearnConfig
+from unmemorize.recipes.unlearn import unlearn
 
 pytestmark = [
     pytest.mark.gpu,

@@ -23,7 +23,6 @@ from unmemorize.metrics.nlu import (
     Instance,
     choice_predictions,
     encode_pairs,
-    evaluate_lm_eval,
     evaluate_nlu,
     loglikelihoods,
     mean_stderr,
@@ -298,12 +297,6 @@ def test_bad_rows_and_limits_are_user_errors(tmp_path):
         nlu.load_task("copa", tmp_path)
     with pytest.raises(UserError, match="--nlu-limit"):
         evaluate_nlu(None, None, ["copa"], nlu_dir=tmp_path, limit=0)
-
-
-def test_lm_eval_adapter_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "lm_eval", None)  # makes `import lm_eval` fail
-    with pytest.raises(UserError, match=r"pip install 'unmemorize\[lm-eval\]'"):
-        evaluate_lm_eval(None, None, ["piqa"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from unmemorize.metrics.privacy import (
     membership_scores,
     mia_report,
     paper_extraction_likelihood,
-    reference_thresholds,
 )
 
 from conftest import ARCHITECTURES
@@ -270,14 +269,3 @@ def test_paper_el_hand_computed():
     assert value == [pytest.approx((4 / 6 + 2 / 3) / 2)]
     with pytest.raises(UserError, match="top_p"):
         paper_extraction_likelihood(model, [text], top_p=0.0)
-
-
-# --- reference level ----------------------------------------------------------------------
-
-
-def test_reference_thresholds_keys_and_values():
-    sequence = [1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 3, 4]
-    thresholds = reference_thresholds(ScriptedLM(sequence), [sequence])
-    assert thresholds == {"ma": 1.0, "el_10": 1.0}
-    wrong = reference_thresholds(ScriptedLM([1] * 15), [sequence], ns=(2, 10), el_stride=1)
-    assert set(wrong) == {"ma", "el_2", "el_10"} and wrong["ma"] == 0.0

@@ -20,10 +20,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unmemorize import checkpoint
+from unmemorize.training import checkpoint
 from unmemorize.cli import main
 from unmemorize.errors import UserError
-from unmemorize.train import Interrupted, Reporter, UnlearnConfig, unlearn
+from unmemorize.config import UnlearnConfig
+from unmemorize.events import Events
+from unmemorize.recipes.unlearn import unlearn
+from unmemorize.training.loop import Interrupted
 
 TEXTS = [
     "Alice Johnson lives at 42 Baker Street in London.",
@@ -159,14 +162,14 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_same(tiny_models, for
     assert_same_run(tmp_path / "reference", run)
 
 
-class InterruptAt(Reporter):
+class InterruptAt(Events):
     """Raises KeyboardInterrupt (as Ctrl-C would) after a given step or during an epoch's
     evaluation."""
 
     def __init__(self, step: int | None = None, evaluation: str | None = None) -> None:
         self.at_step, self.at_evaluation = step, evaluation
 
-    def step(self, record) -> None:
+    def step(self, record, total_steps) -> None:
         if record.step == self.at_step:
             raise KeyboardInterrupt
 

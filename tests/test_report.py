@@ -18,12 +18,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import make_model_dir
-from unmemorize import report as report_module
+from unmemorize.reporting import report as report_module
 from unmemorize.cli import main
 from unmemorize.data import Example, TokenizedExample
 from unmemorize.errors import UserError
-from unmemorize.plots import before_after_bars
-from unmemorize.report import MATCH, MISS, fmt, prefix_length, write_report
+from unmemorize.reporting.plots import before_after_bars
+from unmemorize.metrics.continuations import prefix_length
+from unmemorize.reporting.formatting import fmt
+from unmemorize.reporting.report import MATCH, MISS, write_report
 
 MARKER = "MARKER-5e1d-DO-NOT-LEAK"
 TEXTS = [
@@ -243,7 +245,7 @@ def test_continuations_start_at_the_datas_prefix_and_need_an_original_for_before
     from transformers import AutoTokenizer
 
     from unmemorize.data import tokenize_examples
-    from unmemorize.report import forget_continuations
+    from unmemorize.metrics.continuations import forget_continuations
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["gpt_neo"])
     model = AutoModelForCausalLM.from_pretrained(tiny_models["gpt_neo"])

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from unmemorize.plots import BEFORE_COLOR
-from unmemorize.report import write_report
-from unmemorize.train import UnlearnConfig, unlearn
+from unmemorize.reporting.plots import BEFORE_COLOR
+from unmemorize.reporting.report import write_report
+from unmemorize.config import UnlearnConfig
+from unmemorize.recipes.unlearn import unlearn
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(

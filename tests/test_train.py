@@ -8,7 +8,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from unmemorize.cli import main
 from unmemorize.errors import UserError
-from unmemorize.train import UnlearnConfig, attention_projections, unlearn
+from unmemorize.config import UnlearnConfig
+from unmemorize.recipes.unlearn import unlearn
+from unmemorize.training.components import attention_projections
 
 TEXTS = [
     "Alice Johnson lives at 42 Baker Street in London.",

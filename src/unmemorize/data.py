@@ -88,6 +88,13 @@ def load_examples(
     return examples[:limit] if limit else examples
 
 
+def read_examples(source: str | Path, options, limit: int | None = -1) -> list[Example]:
+    """``source`` read with a config's reading options (``split``, ``text_column``,
+    ``npy_tokenizer`` and, unless ``limit`` is given, ``limit``)."""
+    return load_examples(source, split=options.split, text_column=options.text_column,
+                         npy_tokenizer=options.npy_tokenizer, limit=options.limit if limit == -1 else limit)
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")

@@ -43,11 +43,20 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
+        # mkstemp makes the file private (0600); an output file gets the permissions any new
+        # file gets (the umask), like the folder it is in.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)  # the only way to read it is to set it
+    os.umask(umask)
+    return umask
 
 
 def cache_dir() -> Path:
@@ -63,9 +72,7 @@ def staging_directory(out: Path) -> Path:
     it private (0700); an output folder gets the permissions any new folder gets (the umask)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
+    staging.chmod(0o777 & ~_umask())
     return staging
 
 
@@ -80,3 +87,14 @@ def publish_directory(staging: Path, out: Path) -> None:
     os.replace(staging, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: Path, data) -> None:
+    """JSON written atomically; NaN as null, anything else unknown as its text."""
+    import json
+    import math
+
+    def default(value):
+        return None if isinstance(value, float) and math.isnan(value) else str(value)
+
+    write_atomic(path, json.dumps(data, indent=2, default=default))

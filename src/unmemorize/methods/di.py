@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from . import UnlearningMethod, register
+from .base import UnlearningMethod, register
 # Softmax over a 262k vocabulary in bf16 loses the small probabilities imagination creates.
 from ..metrics.decoding import at_least_float32
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from . import UnlearningMethod, register
+from .base import UnlearningMethod, register
 from ..metrics.decoding import at_least_float32
 
 DPD_FILE = "dpd.json"

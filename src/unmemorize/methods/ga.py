@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import UnlearningMethod, register
+from .base import UnlearningMethod, register
 from .likelihood import weighted_nll_sum
 
 

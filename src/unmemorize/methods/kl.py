@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import register
+from .base import register
 from .ga import GradientAscent
 from .likelihood import token_kl
 

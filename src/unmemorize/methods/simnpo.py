@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from ..errors import UserError
-from . import UnlearningMethod, register
+from .base import UnlearningMethod, register
 from .likelihood import sequence_log_likelihoods, sequences_with_targets
 
 

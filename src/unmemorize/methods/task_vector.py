@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UserError
-from . import UnlearningMethod, register
-from .likelihood import weighted_nll_sum
+from .base import register
+from .finetune import FineTune
 
 
 def _is_lora_a(name: str) -> bool:
@@ -40,17 +40,17 @@ def negated_task_vector(
 
 @register
 @dataclass
-class TaskVector(UnlearningMethod):
+class TaskVector(FineTune):
+    """The loss is finetune's (descent: learn the forget set); the final weights negate it."""
+
     name = "task-vector"
     keeps_initial_weights = True
+    lowers_memorization = True  # the final weights, on which memorization is measured
     task_vector_alpha: float = 1.0
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.task_vector_alpha):
             raise UserError(f"--alpha must be a finite number, not {self.task_vector_alpha}")
-
-    def loss_sum(self, logits, batch, teacher_logits=None):
-        return weighted_nll_sum(logits, batch)  # descent: learn the forget set, then negate
 
     def final_weights(self, trained, initial):
         return negated_task_vector(trained, initial, self.task_vector_alpha)

@@ -549,7 +549,7 @@ def dialogue_f1(
         raise UserError(
             "dialogue F1 needs a dialogue file (e.g. reference/wizard_of_wikipedia.json)"
         )
-    path = _resolve_source(source, "", "--dialogue")
+    path = _resolve_source(source, "", "--dialogue-files")
     prompts, targets = _load_dialogues(path, tokenizer, limit, max_prompt_tokens)
     generated = generate_continuations(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, top_p=top_p, seed=seed,

@@ -647,38 +647,3 @@ def evaluate_nlu(
     if average is not None:
         results["paper_avg"] = average
     return results
-
-
-# --------------------------------------------------------------------------------------------
-# Optional: the real lm-evaluation-harness
-# --------------------------------------------------------------------------------------------
-
-
-def evaluate_lm_eval(
-    model,
-    tokenizer,
-    task_names: Sequence[str],
-    limit: int | float | None = None,
-    *,
-    batch_size: int = 16,
-) -> dict:
-    """Run lm-evaluation-harness tasks (its names, e.g. ``piqa``, ``arc_challenge``) on the
-    already-loaded model. Its datasets come from the Hugging Face hub, so this needs network
-    access or a warm datasets cache. Its ``limit`` takes the first N documents, not the seeded
-    subset of :func:`evaluate_nlu`.
-
-    Returns ``{task: {metric: value}}`` with lm-eval's ",none" filter suffix dropped.
-    """
-    try:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
-    except ImportError as exc:
-        raise UserError("lm-evaluation-harness is not installed: pip install 'unmemorize[lm-eval]'") from exc
-    wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    output = lm_eval.simple_evaluate(model=wrapped, tasks=list(task_names), limit=limit)
-    results = {}
-    for task, metrics in (output or {}).get("results", {}).items():
-        results[task] = {
-            key.removesuffix(",none"): value for key, value in metrics.items() if key != "alias"
-        }
-    return results

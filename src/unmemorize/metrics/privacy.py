@@ -43,7 +43,6 @@ from unmemorize.metrics.memorization import (
     _check_ns,
     _check_sequences,
     _mean,
-    memorization,
     ngram_overlap,
 )
 
@@ -425,21 +424,3 @@ def _top_p_sample(
 
 
 # --- reference level ----------------------------------------------------------------------
-
-
-def reference_thresholds(
-    model: torch.nn.Module,
-    reference_sequences: Sequence[Sequence[int]],
-    *,
-    ns: Sequence[int] = (10,),
-    el_stride: int = 10,
-    **kw,
-) -> dict[str, float]:
-    """Mean MA and EL_n on unseen reference text: ``{"ma": ..., "el_10": ...}``.
-
-    Jang et al. (2022) count a forget set as forgotten once its MA and EL_n fall to these
-    levels. ``el_stride`` scores every k-th prefix to keep it affordable; the rest of ``kw``
-    goes to memorization.memorization.
-    """
-    result = memorization(model, reference_sequences, ns=ns, el_stride=el_stride, **kw)
-    return result.means()

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import UserError
+from ..errors import UserError
 
 STEP_PREFIX = "step-"
 TMP_PREFIX = ".tmp-"

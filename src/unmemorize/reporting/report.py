@@ -20,163 +20,26 @@ tokens highlighted. The model card never shows text: counts and SHA-256 hashes o
 from __future__ import annotations
 
 import base64
-import contextlib
-import hashlib
-import html
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import jinja2
 
-from . import __version__
-from .errors import UserError
-from .paths import write_atomic
+from .. import __version__
+from ..errors import UserError
+from ..paths import write_atomic
+from .formatting import finite, fmt, gib, md_text, metric_label
 
 REPORT_MD, REPORT_HTML, MODEL_CARD = "report.md", "report.html", "README.md"
 ASSETS_DIR = "report_files"  # the PNGs report.md links to (report.html inlines them)
 SAMPLES_FILE = "samples.json"
-DEFAULT_REPORT_SAMPLES = 3
-DEFAULT_NEW_TOKENS = 32
 MATCH, MISS = "█", "·"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A fall-back scan for an evaluation JSON under another name reads no file larger than this
 # (a model directory's tokenizer.json is tens of MB).
 _MAX_SCANNED_JSON = 5 * 2**20
-
-
-# --- what an unlearning run collects for its report --------------------------------------
-
-
-def source_sha256(source: str | Path) -> str | None:
-    """SHA-256 of a forget file, or of a directory's files (relative names and contents, in
-    name order); None for a hub dataset. Identifies the data without storing any of it."""
-    if str(source).startswith("hf:"):
-        return None
-    path = Path(source).expanduser()
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(2**20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def data_summary(config, tokenized: Sequence, weights: Sequence[Sequence[float]], trainable: Sequence[int],
-                 fingerprint: str) -> dict:
-    """What was forgotten, as counts and hashes (no text): stored in ``metrics.json``."""
-    if config.focus == "all" or config.focus_mode == "hard":
-        in_focus = lambda w: w > 0  # noqa: E731
-    else:  # soft: focus tokens carry --focus-weight, the others 1
-        in_focus = lambda w: w == config.focus_weight and w != 1.0  # noqa: E731
-    source = str(config.forget)
-    return {
-        "source_name": source if source.startswith("hf:") else Path(source).name,
-        "sha256": source_sha256(source),
-        "fingerprint": fingerprint,
-        "sequences": len(tokenized),
-        "tokens": sum(len(t.input_ids) for t in tokenized),
-        "trained_sequences": len(trainable),
-        "target_tokens": sum(1 for i in trainable for w in weights[i][1:] if w > 0),
-        "focus_tokens": sum(1 for i in trainable for w in weights[i][1:] if in_focus(w)),
-        "focus": config.focus,
-        "focus_mode": config.focus_mode,
-        "sample_ids": [t.example.id for t in tokenized],
-        "sample_tokens": [len(t.input_ids) for t in tokenized],
-    }
-
-
-def prefix_length(item) -> int:
-    """Tokens of a forget sequence given as the prompt: the prefix the data names
-    (``prefix`` + ``suffix`` JSONL), else the first half. At least one token, and at least one
-    left to continue."""
-    ids, prefix_chars = item.input_ids, item.example.prefix_chars
-    if prefix_chars is not None:
-        cut = 0
-        while cut < len(ids) and item.offsets[cut][1] <= prefix_chars:
-            cut += 1
-    else:
-        cut = len(ids) // 2
-    return max(1, min(cut, len(ids) - 1))
-
-
-def _match_record(generated: list[int], truth: list[int]) -> dict:
-    match = [int(g == t) for g, t in zip(generated, truth)]
-    longest = run = 0
-    for hit in match:
-        run = run + 1 if hit else 0
-        longest = max(longest, run)
-    return {"match": match, "matched": sum(match), "longest_run": longest}
-
-
-def _pieces(tokenizer, context: list[int], ids: list[int]) -> list[str]:
-    """The text each token adds after ``context``, decoded incrementally so that byte-level
-    and SentencePiece tokens keep their spaces and multi-byte characters."""
-    def text(tokens: list[int]) -> str:
-        return tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    pieces, previous = [], text(context)
-    for i in range(len(ids)):
-        current = text(context + ids[: i + 1])
-        pieces.append(current[len(previous):] if current.startswith(previous) else text(ids[i : i + 1]))
-        previous = current
-    return pieces
-
-
-def forget_continuations(
-    model,
-    tokenizer,
-    items: Sequence,
-    *,
-    original=None,
-    adapters_off: bool = False,
-    new_tokens: int = DEFAULT_NEW_TOKENS,
-    show_text: bool = False,
-) -> dict:
-    """Greedy continuations of the first forget prefixes, before unlearning and after, each
-    token marked by whether it is the true next token. ``model`` is the unlearned network;
-    the original is ``model`` with its LoRA adapters off (``adapters_off``), or ``original``
-    (a frozen copy); with neither, only "after" is generated. The text is kept only with
-    ``show_text``: the default record is the match masks alone."""
-    from .metrics.decoding import choose_argmax, decode, evaluating
-
-    record = {"new_tokens": new_tokens, "prefix": "the prefix the data gives, else the first half of each sequence",
-              "text_stored": show_text, "samples": []}
-    if not items:
-        return record
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    cuts = [prefix_length(item) for item in items]
-    prefixes = [item.input_ids[:cut] for item, cut in zip(items, cuts)]
-    truths = [item.input_ids[cut : cut + new_tokens] for item, cut in zip(items, cuts)]
-
-    def generate(net, context=None) -> list[list[int]]:
-        with context if context is not None else contextlib.nullcontext(), evaluating(net):
-            return decode(net, prefixes, [len(t) for t in truths], choose_argmax, pad_token_id=pad)
-
-    before = None
-    if adapters_off:
-        before = generate(model, model.disable_adapter())
-    elif original is not None:
-        before = generate(original)
-    after = generate(model)
-    for index, item in enumerate(items):
-        sample: dict[str, Any] = {
-            "id": item.example.id, "prefix_tokens": cuts[index], "continuation_tokens": len(truths[index]),
-        }
-        for label, generated in (("before", before), ("after", after)):
-            sample[label] = None if generated is None else _match_record(generated[index], truths[index])
-            if show_text and generated is not None:
-                sample[label]["pieces"] = _pieces(tokenizer, prefixes[index], generated[index])
-        if show_text:
-            sample["prefix"] = tokenizer.decode(prefixes[index], skip_special_tokens=True)
-            sample["truth"] = _pieces(tokenizer, prefixes[index], truths[index])
-        record["samples"].append(sample)
-    return record
 
 
 # --- reading a run directory -------------------------------------------------------------
@@ -209,43 +72,6 @@ def _find_eval_json(run_dir: Path) -> Path | None:
         except (OSError, ValueError):
             continue
     return None
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def metric_label(key: str) -> str:
-    """``ma`` -> ``MA``, ``el_10`` -> ``EL-10``."""
-    return key.upper().replace("_", "-")
-
-
-def fmt(value: Any) -> str:
-    """A table cell: 3 decimals between 0.01 and 100 (rates, AUCs, perplexities line up in a
-    column), 3 significant digits below, 4 above, '–' for missing, 'n/a' for NaN."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}" if abs(value) >= 10_000 else str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "n/a"
-        if value != 0 and abs(value) < 0.01:
-            return f"{value:.3g}"  # learning rates, small EL values: keep their digits
-        return f"{value:.3f}" if abs(value) < 100 else f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(fmt(v) for v in value) or "–"
-    return str(value)
-
-
-def _md_text(value: Any) -> str:
-    """Text in markdown: HTML-escaped (the file may be rendered as HTML), markdown markup and
-    table pipes escaped, newlines shown as ⏎."""
-    text = html.escape(str(value), quote=False)
-    text = re.sub(r"([\\`*_\[\]|#~])", r"\\\1", text)
-    return text.replace("\r\n", "\n").replace("\n", " ⏎ ")
 
 
 def _segments(pieces: Sequence[str], match: Sequence[int]) -> list[tuple[str, bool]]:
@@ -303,7 +129,7 @@ def _threshold_levels(thresholds: dict | None, keys: Sequence[str]) -> dict:
     levels = {"ma": thresholds.get("ma")}
     if first_el is not None:
         levels[first_el] = thresholds.get("el")
-    return {k: v for k, v in levels.items() if _finite(v)}
+    return {k: v for k, v in levels.items() if finite(v)}
 
 
 def _continuations_context(samples: dict | None, show_text: bool) -> dict:
@@ -374,7 +200,7 @@ def _unlearn_context(metrics: dict, config: dict, samples: dict | None, figures:
     if figures is not None and (steps or epochs):
         training_figure = figures.add("training", "Training curves",
                                       training_plot(steps, epochs, before.get("mean", {}), reference))
-    losses = [s["loss"] for s in steps if _finite(s.get("loss"))]
+    losses = [s["loss"] for s in steps if finite(s.get("loss"))]
     return {
         "model": metrics.get("model"), "method": metrics.get("method"),
         "stopped_because": metrics.get("stopped_because"), "wall_time_s": metrics.get("wall_time_s"),
@@ -393,14 +219,14 @@ def _unlearn_context(metrics: dict, config: dict, samples: dict | None, figures:
 
 
 def _eval_context(report: dict, source: Path, figures: _Figures) -> dict:
-    from .evaluate import comparison_rows
+    from .tables import comparison_rows
     from .plots import memorization_plot
 
     labels = list(report["models"])
     rows = []
     for key, values in comparison_rows(report):
         change = None
-        if len(values) == 2 and all(_finite(v) for v in values):
+        if len(values) == 2 and all(finite(v) for v in values):
             change = values[1] - values[0]
         rows.append({"metric": key, "values": values, "change": change})
     figure = None
@@ -489,7 +315,7 @@ def _demo_context(run_dir: Path, figures: _Figures) -> dict:
 
     figure = None
     counts = ("pii_leaked_before", "pii_leaked_after", "kept_pii_leaked_before", "kept_pii_leaked_after")
-    if all(_finite(summary.get(k)) for k in counts):
+    if all(finite(summary.get(k)) for k in counts):
         figure = figures.add("demo_leaks", "PII reproduced before and after", before_after_bars(
             ["forgotten customers", "kept customers"],
             [summary["pii_leaked_before"], summary["kept_pii_leaked_before"]],
@@ -514,9 +340,10 @@ def _environment(autoescape: bool) -> jinja2.Environment:
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
     )
     env.filters["fmt"] = fmt
-    env.filters["signed"] = lambda value: ("+" if _finite(value) and value > 0 else "") + fmt(value)
-    env.filters["secs"] = lambda value: f"{value:.1f}" if _finite(value) else fmt(value)
-    env.filters["md"] = _md_text
+    env.filters["gib"] = gib
+    env.filters["signed"] = lambda value: ("+" if finite(value) and value > 0 else "") + fmt(value)
+    env.filters["secs"] = lambda value: f"{value:.1f}" if finite(value) else fmt(value)
+    env.filters["md"] = md_text
     env.filters["label"] = lambda key: metric_label(str(key)) if re.fullmatch(r"(ma|el_\d+)", str(key)) else key
     return env
 

@@ -1,0 +1,198 @@
+"""What the command line shows: recipe events as Rich progress bars and lines on stderr, and the
+tables of results on stdout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..events import Events, StepRecord
+
+out = Console()
+err = Console(stderr=True)
+
+
+def progress_bar(description: str) -> Callable[[int, int], None]:
+    """A callback(done, total) that draws a transient progress bar (a line at the start and at
+    the end when stderr is not a terminal)."""
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if not err.is_terminal:
+            if done == 0 or done >= total:
+                err.print(f"{description}: {done}/{total}", markup=False, highlight=False)
+            return
+        if "progress" not in state:
+            progress = Progress(TextColumn(escape(description)), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
+            progress.start()
+            state["progress"], state["task"] = progress, progress.add_task(description, total=total)
+        state["progress"].update(state["task"], completed=done, total=total)
+        if done >= total:
+            state.pop("progress").stop()
+
+    return update
+
+
+class RichEvents(Events):
+    """Every event of every recipe, rendered on stderr."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.task = None
+
+    def message(self, text: str) -> None:
+        err.print(f"[dim]•[/dim] {escape(text)}", highlight=False)
+
+    def stage(self, number: int, total: int, title: str) -> None:
+        err.rule(f"[bold]Step {number}/{total}: {escape(title)}")
+
+    def progress(self, label: str) -> Callable[[int, int], None]:
+        return progress_bar(label)
+
+    def training_started(self, total_steps: int) -> None:
+        if self.bar is None:
+            self.bar = Progress(
+                TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tok/s"),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=err,
+            )
+            self.task = self.bar.add_task("steps", total=total_steps, loss="-", speed="-")
+        self.bar.start()
+
+    def step(self, record: StepRecord, total_steps: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=record.step, loss=f"{record.loss:.4f}",
+                            speed=f"{record.tokens_per_s:,.0f}")
+        if not err.is_terminal:  # logs get one line per step instead of a redrawn bar
+            err.print(f"step {record.step}/{total_steps} epoch {record.epoch} loss {record.loss:.4f} "
+                      f"lr {record.lr:.2e} {record.tokens_per_s:,.0f} tok/s", highlight=False)
+
+    def training_paused(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def memorization(self, label: str, means: dict[str, float]) -> None:
+        shown = "  ".join(f"{k.upper().replace('_', '-')} {v:.3f}" for k, v in means.items())
+        err.print(f"[bold]memorization {escape(label)}:[/bold] {shown}")
+
+    def leaks(self, title: str, entries: list[dict]) -> None:
+        table = Table(title=title)
+        for column in ("customer", "kind", "value", "leaked"):
+            table.add_column(column)
+        for entry in entries:
+            for index, pii in enumerate(entry["pii"]):
+                table.add_row(entry["customer"] if index == 0 else "", pii["kind"], escape(pii["value"]),
+                              "[red]yes[/red]" if pii["leaked"] else "[green]no[/green]")
+            table.add_section()
+        out.print(table)
+
+
+def error_line(text: str) -> None:
+    # Escaped: paths and patterns in the message may hold [brackets] that are not markup.
+    err.print(f"[red]error:[/red] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+def means_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> Table:
+    table = Table(title=title)
+    table.add_column("")
+    keys = list(rows[0][1])
+    for key in keys:
+        table.add_column(key.upper().replace("_", "-"), justify="right")
+    for label, means in rows:  # EL is measured after an epoch only when asked: "-" otherwise
+        table.add_row(label, *(f"{means[k]:.3f}" if k in means else "-" for k in keys))
+    return table
+
+
+def unlearn_summary(metrics: dict) -> None:
+    rows = [("before", metrics["before"]["mean"])]
+    rows += [(f"epoch {h['epoch']}", {k: v for k, v in h.items() if k not in ("epoch", "step")})
+             for h in metrics["epochs"]]
+    rows.append(("after", metrics["after"]["mean"]))
+    out.print(means_table(f"Memorization of the forget set ({len(metrics['before']['samples'])} sequences)", rows))
+    out.print(f"stopped: {metrics['stopped_because']}; wall time {metrics['wall_time_s']:.0f} s; "
+              f"peak memory {metrics['peak_memory_mb'] / 1024:.1f} GiB", highlight=False)
+
+
+def audit_table(payload: dict, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("id")
+    table.add_column("tokens", justify="right")
+    keys = list(payload["mean"])
+    for key in keys:
+        table.add_column(key.upper().replace("_", "-"), justify="right")
+    for ident, tokens, sample in zip(payload["ids"], payload["tokens"], payload["samples"]):
+        table.add_row(escape(str(ident)), str(tokens), *(f"{sample[k]:.3f}" for k in keys))
+    table.add_section()
+    table.add_row("mean", f"{sum(payload['tokens']) / len(payload['tokens']):.0f}",
+                  *(f"{payload['mean'][k]:.3f}" for k in keys))
+    return table
+
+
+def evaluation_table(report: dict) -> Table:
+    from ..reporting.tables import comparison_rows
+
+    labels = list(report["models"])
+    table = Table(title="Evaluation: " + " vs ".join(f"{l} = {report['models'][l]}" for l in labels))
+    table.add_column("metric", no_wrap=True)
+    for label in labels:
+        table.add_column(label, justify="right")
+    if len(labels) == 2:
+        table.add_column("change", justify="right")
+    for key, values in comparison_rows(report):
+        cells = ["-" if v is None else f"{v:.4g}" for v in values]
+        if len(values) == 2:
+            a, b = values
+            cells.append("-" if a is None or b is None else f"{b - a:+.4g}")
+        table.add_row(key, *cells)
+    return table
+
+
+def comparison_table(comparison: dict) -> Table:
+    table = Table(title=f"Comparison on {comparison['model']}")
+    shown = ("run", "method", "forget_ma", "reference_ma", "extractable", "mia_loss_auc", "nlu_avg", "mauve",
+             "heldout_ppl", "steps")
+    columns = [k for k in comparison["rows"][0] if k in shown or k.startswith("forget_el")]
+    for key in columns:
+        table.add_column(key, justify="left" if key in ("run", "method") else "right")
+    for row in comparison["rows"]:
+        table.add_row(*("-" if row[k] is None else f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k])
+                        for k in columns))
+    return table
+
+
+def demo_summary(result: dict) -> Table:
+    from ..synthetic import EXTRACTABLE_KINDS
+
+    s = result["summary"]
+    kept_total = len(EXTRACTABLE_KINDS) * len(result["kept_customers"])
+    table = Table(title=f"unmemorize demo on {result['model']} ({result['records']} synthetic customers)")
+    for column, justify in (("", "left"), ("before", "right"), ("after", "right")):
+        table.add_column(column, justify=justify)
+    table.add_row("forgotten customers: PII values extracted",
+                  f"{s['pii_leaked_before']}/{s['pii_total']}", f"{s['pii_leaked_after']}/{s['pii_total']}")
+    table.add_row("kept customers: PII values extracted",
+                  f"{s['kept_pii_leaked_before']}/{kept_total}", f"{s['kept_pii_leaked_after']}/{kept_total}")
+    table.add_row("MA, forgotten records", f"{s['forget_ma_before']:.3f}", f"{s['forget_ma_after']:.3f}")
+    table.add_row("MA, kept records", f"{s['kept_ma_before']:.3f}", f"{s['kept_ma_after']:.3f}")
+    table.add_row("general-text perplexity", f"{s['general_ppl_before']:.2f}", f"{s['general_ppl_after']:.2f}")
+    return table
+
+
+def write_report(run_dir: Path, show_text: bool, eval_json: Path | None = None) -> None:
+    """The report at the end of a command. The run's results are already on disk, so a report
+    that cannot be written is a warning, not a failure."""
+    from ..reporting.report import write_report as render
+
+    try:
+        _, html_path = render(run_dir, show_text=show_text, eval_json=eval_json)
+    except Exception as error:  # noqa: BLE001 - any failure here must not turn a finished run into an error
+        err.print(f"warning: the report was not written ({type(error).__name__}: {error})",
+                  highlight=False, markup=False, soft_wrap=True)
+        return
+    out.print(f"report written to {html_path}", highlight=False)

@@ -1,0 +1,539 @@
+"""Every option of every command, declared once.
+
+An option is a field of a frozen dataclass with its type, default, help and allowed range in the
+field's metadata (`option`). From these declarations come:
+
+- the command-line options (`unmemorize.cli.options` turns each field into a click option);
+- the YAML loader (`from_mapping`: ``--config run.yaml`` and the runs of ``compare``), which
+  coerces each value to the field's type;
+- the checks (`check_fields`, run when a config is built: a config object is always valid).
+
+Configs are frozen: resolving one (auto thresholds, a method's defaults, LoRA targets, the quick
+evaluation setting) returns a new object with `dataclasses.replace`; the caller's is never changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+DEFAULT_MODEL = "gemma-3-270m"
+DEFAULT_FORGET = "extraction/forget_sets/lm_extraction_8_0.csv"
+DEFAULT_REFERENCE = "reference/pile.csv"
+SUITES = ("memorization", "nlu", "nlg", "dialogue")
+DEFAULT_SUITES = ("memorization", "nlu", "nlg")
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a config field appears to a user. ``flag``: the long option's name when it is not the
+    field's (``imagination_strength`` is ``--strength``); ``negative``: a boolean's off switch
+    (``--no-lora``); bounds (``gt``, ``ge``, ``lt``, ``le``) and ``choices`` are checked whenever a
+    config is built; ``argument``: a positional argument instead of an option."""
+
+    help: str
+    flag: str | None = None
+    negative: str | None = None
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    choices: tuple[str, ...] | None = None
+    words: tuple[str, ...] = ()  # words a number field also takes ("auto")
+    argument: bool = False
+    required: bool = False
+    metavar: str | None = None
+
+
+def option(default: Any, help: str, **settings: Any) -> Any:
+    """A config field with its user-facing declaration (see `Option`)."""
+    meta = {"option": Option(help=help, **settings)}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple for a sequence default: configs are immutable")
+    return field(default=default, metadata=meta)
+
+
+def declaration(item: dataclasses.Field) -> Option:
+    return item.metadata["option"]
+
+
+def flag_name(item: dataclasses.Field) -> str:
+    """The long option of a field, with its dashes: ``--strength``."""
+    return "--" + (declaration(item).flag or item.name).replace("_", "-")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def base_type(annotation: Any) -> tuple[Any, bool, bool]:
+    """(element type, optional, sequence) of ``int``, ``str | None``, ``tuple[int, ...]``..."""
+    optional = False
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        optional = type(None) in args
+        rest = [a for a in args if a is not type(None)]
+        annotation = rest[0] if len(rest) == 1 else float  # float | str: a number or a word
+        args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is tuple:
+        return args[0], optional, True
+    return annotation, optional, False
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+
+def _bounds_text(spec: Option) -> str:
+    if spec.gt == 0 and spec.lt is None and spec.le is None:
+        return "positive"
+    if spec.ge is not None and spec.lt is None and spec.le is None and spec.gt is None:
+        return ">= 0" if spec.ge == 0 else f"at least {spec.ge:g}"
+    low = f"[{spec.ge:g}" if spec.ge is not None else f"({spec.gt:g}" if spec.gt is not None else "(-inf"
+    high = f"{spec.le:g}]" if spec.le is not None else f"{spec.lt:g})" if spec.lt is not None else "inf)"
+    return f"in {low}, {high}"
+
+
+def _in_bounds(value: float, spec: Option) -> bool:
+    return ((spec.gt is None or value > spec.gt) and (spec.ge is None or value >= spec.ge)
+            and (spec.lt is None or value < spec.lt) and (spec.le is None or value <= spec.le))
+
+
+def check_fields(config: Any) -> None:
+    """Every field as its type, in its declared range and choices; a UserError naming the option
+    otherwise. Called by each config's ``__post_init__``."""
+    normalize(config)
+    for item in dataclasses.fields(config):
+        spec, value = declaration(item), getattr(config, item.name)
+        values = value if isinstance(value, tuple) else (value,)
+        for single in values:
+            if single is None or isinstance(single, bool):
+                continue
+            if spec.choices is not None and single not in spec.choices:
+                allowed = " or ".join(repr(c) for c in spec.choices) if len(spec.choices) < 4 \
+                    else "one of " + ", ".join(spec.choices)
+                raise UserError(f"{flag_name(item)} must be {allowed}, not {single!r}")
+            if isinstance(single, str) and single in spec.words:
+                continue
+            if isinstance(single, (int, float)) and not _in_bounds(single, spec):
+                shown = list(value) if isinstance(value, tuple) else value
+                raise UserError(f"{flag_name(item)} must be {_bounds_text(spec)}, not {shown}")
+
+
+# --- reading values: YAML files and the command line -------------------------------------------
+
+
+def _number(value: Any, integer: bool) -> float | int:
+    if isinstance(value, bool):
+        raise ValueError
+    number = float(value)
+    if integer:
+        if not number.is_integer():
+            raise ValueError
+        return int(number)
+    return number
+
+
+def coerce(item: dataclasses.Field, annotation: Any, value: Any, where: str = "") -> Any:
+    """A value as the field's type, whether read from YAML, the command line or given in Python:
+    YAML reads ``2e-3`` as a string and ``[10]`` as a list, a comma-separated string is a list
+    too, and a sequence becomes a tuple (configs are immutable)."""
+    if value is None:
+        return None
+    kind, _optional, sequence = base_type(annotation)
+    spec = declaration(item)
+
+    def one(v: Any) -> Any:
+        if kind is bool:
+            if not isinstance(v, bool):
+                raise ValueError
+            return v
+        if kind in (int, float):
+            if isinstance(v, str) and v in spec.words:
+                return v
+            return _number(v, kind is int)
+        return str(v)
+
+    try:
+        if sequence:
+            items = [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) \
+                else list(value) if isinstance(value, (list, tuple)) else [value]
+            return tuple(one(v) for v in items)
+        return one(value)
+    except (TypeError, ValueError):
+        kind_name = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, "text")
+        expected = f"{kind_name} or {' / '.join(repr(w) for w in spec.words)}" if spec.words else kind_name
+        expected = f"a list of {expected.removeprefix('a ').removeprefix('an ')}s" if sequence else expected
+        place = f" (in {where})" if where else ""
+        raise UserError(f"{flag_name(item)} takes {expected}, not {value!r}{place}") from None
+
+
+def normalize(config: Any) -> None:
+    """Each field's value as its type (see `coerce`), in place: for ``__post_init__`` only."""
+    hints = field_types(type(config))
+    for item in dataclasses.fields(config):
+        value = coerce(item, hints[item.name], getattr(config, item.name))
+        object.__setattr__(config, item.name, value)
+
+
+def key_to_field(key: Any, classes: tuple[type, ...]) -> str | None:
+    """A YAML key as written (``--max-length``, ``max-length``, ``max_length``, or an option's
+    flag such as ``strength``) as the name of a field of one of ``classes``; None if unknown."""
+    name = str(key).lstrip("-").replace("-", "_")
+    for cls in classes:
+        for item in dataclasses.fields(cls):
+            if name == item.name or name == (declaration(item).flag or "").replace("-", "_"):
+                return item.name
+    return None
+
+
+def from_mapping(classes: tuple[type, ...] | type, mapping: dict, where: str,
+                 refused: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Field values from a mapping of option names, coerced to each field's type. Unknown keys,
+    and keys in ``refused`` (set by the caller itself), are errors."""
+    classes = classes if isinstance(classes, tuple) else (classes,)
+    if not isinstance(mapping, dict):
+        raise UserError(f"{where} must be a mapping of option names to values")
+    fields_by_name = {item.name: (item, field_types(cls)[item.name])
+                      for cls in classes for item in dataclasses.fields(cls)}
+    values = {}
+    for key, value in mapping.items():
+        name = key_to_field(key, classes)
+        if name is None or name in refused:
+            raise UserError(f"unknown key {key!r} in {where}; keys are the long option names")
+        item, annotation = fields_by_name[name]
+        values[name] = coerce(item, annotation, value, where)
+    return values
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^{}]*))?\}")
+
+
+def expand_env(value: Any, source: str = "") -> Any:
+    """``${VAR}`` and ``${VAR:-default}`` replaced in every string of ``value`` (nested defaults
+    work: the innermost reference is replaced first)."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, source) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if os.environ.get(name):
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise UserError(f"environment variable {name} is not set (used in {source or 'the config'}); "
+                        f"set it or write ${{{name}:-default}}")
+
+    while True:
+        expanded = _ENV.sub(replace, value)
+        if expanded == value:
+            return expanded
+        value = expanded
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file with ``${VAR:-default}`` expanded: the one reader of every config file."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise UserError(f"cannot read config {path}: {error}") from None
+    return expand_env(data if data is not None else {}, str(path))
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    return {item.name: item.default for item in dataclasses.fields(cls)}
+
+
+def as_json(config: Any) -> dict:
+    """A config as JSON-ready values (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+# --- option groups shared by several commands --------------------------------------------------
+
+
+class Checked:
+    """Base of every config: its fields are converted and checked when it is made."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelOptions(Checked):
+    model: str = option(DEFAULT_MODEL, "Registry name, local directory, .gguf file or hub id.")
+    allow_pickle: bool = option(False, "Allow loading pickle-based weights (.bin): runs code in the file.")
+    trust_remote_code: bool = option(False, "Allow model code from the model's repository to run.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadOptions(Checked):
+    """How a text file is read into examples and tokens."""
+
+    split: str = option("lines", "Plain text: one example per 'lines' or 'paragraphs'.",
+                        choices=("lines", "paragraphs"))
+    text_column: str = option("text", "Column holding the text (CSV, datasets).")
+    npy_tokenizer: str | None = option(None, "Tokenizer that produced .npy token ids (default: GPT-2 under the data location).")
+    limit: int | None = option(None, "Use only the first N examples.", ge=1)
+    max_length: int = option(200, "Truncate sequences to this many tokens.", ge=2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtractionOptions(Checked):
+    el_n: tuple[int, ...] = option((10,), "n of the extraction likelihood EL_n (repeatable).", ge=1)
+    el_batch_size: int = option(64, "Prefixes decoded together when measuring EL.", ge=1)
+
+
+# --- unlearn -----------------------------------------------------------------------------------
+
+# Method hyper-parameters: None means the method's own default (each method declares its
+# defaults as dataclass fields; the resolved value is recorded in unlearn_config.json).
+METHOD_PARAMETERS = ("imagination_strength", "beta", "margin", "task_vector_alpha", "dpd_lambda")
+# Options that may change between a run and its --resume: where things go, how evaluation is
+# batched, what may be loaded. Everything else shapes the training trajectory and must match.
+# The forget and retain files are compared by the tokens they give (the data fingerprint).
+RESUME_MAY_CHANGE = frozenset({
+    "out", "overwrite", "checkpoint_every", "checkpoint_dir", "resume", "eval_batch_size",
+    "el_batch_size", "cpu", "allow_pickle", "trust_remote_code", "max_examples", "forget", "retain",
+    "report_samples", "show_text",
+})
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnlearnConfig(ModelOptions, ReadOptions, ExtractionOptions):
+    """Every knob of an unlearning run. Serialized as ``unlearn_config.json`` in the output."""
+
+    forget: str | None = option(None, f"Texts to forget (.jsonl/.csv/.txt/.npy, datasets dir, hf:NAME). Default: {DEFAULT_FORGET} under the data location.")
+    out: str | None = option(None, "Output directory for the unlearned model, config and metrics.")
+    overwrite: bool = option(False, "Replace a non-empty --out directory.")
+    method: str = option("di", "Unlearning method: di, ga, gd, kl, npo, simnpo, task-vector, dpd, finetune (uniform imagination: di --focus all).")
+    imagination_strength: float | None = option(None, "di: imagination strength γ, how far the memorized token's logit is lowered.", flag="strength")
+    beta: float | None = option(None, "npo, simnpo: β.")
+    margin: float | None = option(None, "simnpo: margin γ.")
+    task_vector_alpha: float | None = option(None, "task-vector: final weights θ − α·(θ_ft − θ).", flag="alpha")
+    dpd_lambda: float | None = option(None, "dpd: next-token distribution λ·p + (1−λ)·uniform; no training.")
+    # Text to keep: every forget micro-batch comes with one of its micro-batches (cycled), and
+    # the retain term (NLL, or KL to the original for kl) enters with weight retain_weight.
+    retain: str | None = option(None, "Text to keep (same formats as --forget): adds an NLL term (KL to the original for kl); gd and kl need it.")
+    retain_weight: float = option(1.0, "Weight of the retain term.", ge=0)
+    focus: str = option("all", "Tokens that get imagination: all, entities, nouns, pii (names, e-mails, phones, addresses, account and other numbers), spans, regex:PATTERN.")
+    focus_mode: str = option("hard", "hard: train only on focus tokens; soft: weight them by --focus-weight.", choices=("hard", "soft"))
+    focus_weight: float = option(10.0, "Weight of focus tokens in soft mode.", gt=0)
+    lora: bool = option(True, "LoRA adapters (teacher = adapters off) or full fine-tuning (teacher = frozen copy).", negative="no-lora")
+    lora_r: int = option(8, "LoRA rank.", gt=0)
+    lora_alpha: float = option(16.0, "LoRA alpha.", gt=0)
+    lora_dropout: float = option(0.05, "LoRA dropout.", ge=0, lt=1)
+    lora_targets: tuple[str, ...] | None = option(None, "Module names for LoRA (repeatable; 'all-linear' for every linear layer). Default: the attention projections.")
+    save_adapter: bool = option(False, "Also save the LoRA adapter alone (OUT/adapter).")
+    optimizer: str = option("adamw", "Optimizer.", choices=("adamw", "sgd"))
+    lr: float = option(1e-4, "Learning rate.", gt=0)
+    lr_schedule: str = option("constant", "After warm-up: 'constant', or 'linear' decay to a tenth of --lr at the last step.", choices=("constant", "linear"))
+    epochs: int = option(1, "Passes over the forget set.", gt=0)
+    max_steps: int | None = option(None, "Stop after this many optimizer steps.", ge=1)
+    batch_size: int = option(8, "Sequences per micro-batch.", gt=0)
+    grad_accum: int = option(1, "Micro-batches per optimizer step.", gt=0)
+    warmup_steps: int = option(0, "Linear learning-rate warm-up steps.", ge=0)
+    weight_decay: float = option(0.0, "Weight decay.", ge=0)
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (0 disables clipping).", ge=0)
+    seed: int = option(42, "Random seed.")
+    # Exact EL generates ~T²/2 tokens per sequence (minutes per sequence for a 262k-vocabulary
+    # model on a CPU), so unlearning scores every 10th prefix unless told otherwise, and scores
+    # EL before and after only, unless --el-every-epoch or --stop-el asks for it each epoch.
+    el_stride: int = option(10, "Score EL on every k-th prefix (1 = exact; exact costs ~T²/2 generated tokens per sequence).", gt=0)
+    el_every_epoch: bool = option(False, "Also score EL after every epoch (MA always is).")
+    measure_el: bool = option(True, "Score EL before and after training (greedy decoding: the slow part on CPU); --no-el scores MA only.", flag="el", negative="no-el")
+    eval_batch_size: int = option(8, "Sequences per teacher-forced pass when measuring memorization.", gt=0)
+    # A number, or "auto": the model's own level on unseen text (--reference), Jang et al.'s
+    # "forgotten" threshold.
+    stop_ma: float | None = option(None, "Stop once MA is at or below this number (at or above it for finetune), or 'auto': the model's MA on unseen text (--reference).", ge=0, le=1, words=("auto",))
+    stop_el: float | None = option(None, "Stop once EL (first --el-n) is at or below this number, or 'auto'.", ge=0, le=1, words=("auto",))
+    reference: str | None = option(None, f"Unseen text for 'auto' thresholds (default: {DEFAULT_REFERENCE} under the data location).")
+    reference_limit: int = option(32, "Reference sequences used for 'auto' thresholds.", ge=1)
+    cpu: bool = option(False, "Run on the CPU even when a GPU is present.")
+    max_examples: int | None = option(None, "Refuse a forget set of more than N examples (--limit truncates instead).", ge=1)
+    checkpoint_every: int | None = option(None, "Write a checkpoint every N optimizer steps (to --checkpoint-dir).", ge=1)
+    checkpoint_dir: str | None = option(None, "Where checkpoints go (default: OUT.checkpoint). Removed once OUT is written.")
+    resume: bool = option(False, "Continue the run whose checkpoint is in --checkpoint-dir (default OUT.checkpoint); training options must be the same.")
+    # The report's before/after continuations of the first forget prefixes. Without show_text
+    # only their token match masks are stored: no forget-set text is written to the output.
+    report_samples: int = option(3, "Forget prefixes whose continuations before and after the report shows (0: none).", ge=0)
+    show_text: bool = option(False, "Store and show forget-set text in OUT (samples.json, report); by default only token match masks.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.measure_el and (self.stop_el is not None or self.el_every_epoch):
+            raise UserError("--no-el leaves nothing for --stop-el / --el-every-epoch to read; drop one")
+        if self.save_adapter and not self.lora:
+            raise UserError("--save-adapter needs --lora (a full fine-tune has no adapter)")
+        if (self.checkpoint_every or self.resume) and not (self.out or self.checkpoint_dir):
+            flag = "--resume" if self.resume else "--checkpoint-every"
+            raise UserError(f"{flag} needs --out or --checkpoint-dir: checkpoints live in <out>.checkpoint")
+        from .focus import Focus  # a bad regex or an unknown focus fails when the config is made
+
+        Focus.parse(self.focus)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FollowUpEvaluation(Checked):
+    """``unlearn --eval``: the evaluation suite on the result, beside the original."""
+
+    run_eval: bool = option(False, "Run the evaluation suite on the result beside the original (writes OUT/eval.json).", flag="eval")
+    eval_suites: tuple[str, ...] = option(DEFAULT_SUITES, "Suites for --eval (comma-separated or repeated).", choices=SUITES)
+    eval_quick: bool = option(True, "--eval with the quick setting of `unmemorize eval --quick`.", flag="eval-quick", negative="eval-full")
+
+
+# --- eval --------------------------------------------------------------------------------------
+
+DIALOGUE_FILES = ("reference/wizard_of_wikipedia.json", "reference/empathetic_dialogues.json",
+                  "reference/blended_skill_talk.json", "reference/wizard_of_internet.json")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(ModelOptions, ReadOptions, ExtractionOptions):
+    """Every knob of an evaluation; serialized beside the results."""
+
+    model: str = option(DEFAULT_MODEL, "The model to evaluate (registry name, directory, .gguf, hub id).")
+    original: str | None = option(None, "The model it came from: evaluated beside it, and the judge of generation perplexity.")
+    forget: str | None = option(None, "The texts that were to be forgotten (needed by the memorization suite); read with --split, --text-column, --npy-tokenizer.")
+    judge: str | None = option(None, "Model that scores the perplexity of generations (default: --original, else --model).")
+    suites: tuple[str, ...] = option(DEFAULT_SUITES, "Suites, comma-separated: memorization, nlu, nlg, dialogue.", choices=SUITES)
+    reference: str | None = option(None, f"Unseen text: the 'forgotten' level and the MIA non-members (default {DEFAULT_REFERENCE}).")
+    reference_limit: int | None = option(None, "Reference documents used (default: as many as the forget set).", ge=1)
+    el_stride: int = option(10, "Score EL on every k-th prefix (1 = exact).", ge=1)
+    greedy_el: bool = option(True, "Score greedy EL_n (--no-greedy-el: MA only; greedy decoding is the slow part on CPU).", negative="no-greedy-el")
+    paper_el: bool = option(True, "Also report EL as the paper's code computes it (sampled, cut every 40 tokens).", negative="no-paper-el")
+    paper_el_limit: int | None = option(None, "Score the paper-code EL on the first N forget samples only.", ge=1)
+    extraction_prefix: int = option(100, "Prefix tokens of the extraction attack.", ge=1)
+    extraction_suffix: int = option(50, "Suffix tokens that must be reproduced exactly.", ge=1)
+    mia_k_percent: float = option(20.0, "k of min-k% and min-k%++.", gt=0, le=100)
+    nlu_tasks: tuple[str, ...] | None = option(None, "NLU tasks, comma-separated (default: the paper's six).")
+    nlu_limit: int | None = option(None, "A fixed seeded subset of N instances per task.", ge=1)
+    nlu_dir: str | None = option(None, "Folder of NLU files (default nlu/ under the data location).")
+    nlg_prompts: str | None = option(None, "Prompt documents for generation (default reference/wikitext.csv).")
+    nlg_limit: int = option(100, "Prompts to continue.", ge=1)
+    nlg_max_new_tokens: int = option(128, "Tokens generated per prompt.", ge=1)
+    nlg_heldout_limit: int = option(200, "WikiText documents for held-out perplexity (0 skips it).", ge=0)
+    dialogue_files: tuple[str, ...] = option(DIALOGUE_FILES, "Dialogue files of the dialogue suite (comma-separated; relative paths are under the data location when not found as given).")
+    dialogue_limit: int = option(100, "Dialogues per file in the dialogue suite.", ge=1)
+    dialogue_max_new_tokens: int = option(32, "Tokens generated per dialogue response.", ge=1)
+    seed: int = option(0, "Seed of every sampled quantity.")
+    batch_size: int = option(8, "Sequences per teacher-forced pass.", ge=1)
+    device: str | None = option(None, "cpu, cuda or cuda:N (default: the GPU when there is one).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.suites:
+            raise UserError(f"no suite given; choose from {', '.join(SUITES)}")
+        if "memorization" in self.suites and self.forget is None:
+            raise UserError("the memorization suite needs --forget FILE (the texts that were to be forgotten)")
+
+
+# The documented quick setting: under a quarter hour for one 270M model on 2 CPU cores. Greedy
+# decoding of a 262k-vocabulary model dominates on a CPU, so it skips greedy EL (MA, the
+# extraction attack and membership inference stay complete, and EL is reported as the paper's
+# code samples it, on the first 8 forget samples), scores 20 items per NLU task, 32 generations
+# of 48 tokens and 10 held-out documents. Options set explicitly win over it.
+QUICK_EVALUATION = {
+    "nlu_limit": 20, "nlg_limit": 32, "nlg_max_new_tokens": 48, "nlg_heldout_limit": 10,
+    "greedy_el": False, "el_stride": 100, "paper_el_limit": 8, "dialogue_limit": 20,
+}
+
+
+def quick_evaluation(config: EvalConfig, explicit: frozenset[str] | set[str] = frozenset()) -> EvalConfig:
+    """``config`` with the quick setting, except for the fields in ``explicit``."""
+    return dataclasses.replace(config, **{k: v for k, v in QUICK_EVALUATION.items() if k not in explicit})
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalOutputs(Checked):
+    """Where `unmemorize eval` writes, and the quick setting it may apply."""
+
+    quick: bool = option(False, "Quick setting for 2 CPU cores: " + ", ".join(
+        f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{'' if v else 'no-'}{k.replace('_', '-')}"
+        for k, v in QUICK_EVALUATION.items()) + " (options given explicitly win).")
+    json_path: str | None = option(None, "Write the results here (keyed suite.task.metric); report.md/html go beside it.", flag="json")
+    out: str | None = option(None, "Write OUT/eval.json (unless --json) and the report to this directory.")
+    show_text: bool = option(False, "Show forget-set text the directory's run stored (unlearn --show-text) in the report.")
+
+
+# --- audit, report, compare, demo ------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditConfig(ModelOptions, ReadOptions, ExtractionOptions):
+    data: str = option(None, "Texts to measure (.jsonl/.csv/.txt/.npy, datasets dir, hf:NAME).", required=True)
+    el_stride: int = option(1, "Score EL on every k-th prefix (1 = exact).", ge=1)
+    batch_size: int = option(8, "Sequences per teacher-forced pass.", ge=1)
+    json_path: str | None = option(None, "Write per-sample and mean results here.", flag="json")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportOptions(Checked):
+    run_dir: str = option(None, "An unlearn, eval or compare output directory.", argument=True, required=True)
+    show_text: bool = option(False, "Show the forget-set text the run stored (unlearn --show-text); redacted otherwise.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareOptions(Checked):
+    config: str = option(None, "YAML: model, forget, optional retain, shared unlearn options, eval: {quick, suites, ...}, runs: [{name, method, ...}].", required=True)
+    out: str = option(None, "Results: comparison.md/csv/json, tradeoff.png/csv, evals/NAME.json (small files only).", required=True)
+    runs_dir: str | None = option(None, "Where each run's model weights go (default OUT/runs).")
+    table_only: bool = option(False, "Train and evaluate nothing: rewrite the table and plot from the runs already finished.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig(ModelOptions):
+    out: str = option("unmemorize-demo", "Output directory (a new or empty one, or an earlier demo's, which is replaced).")
+    seed: int = option(0, "Seed of the synthetic corpus and of training.")
+    records: int = option(12, "Synthetic customer records the model memorizes.", ge=1)
+    forget_customers: int = option(2, "How many of them to forget (the first ones).", ge=1)
+    # Step 2, the simulated leak: finetune with LoRA on every linear layer, merged; stops once
+    # the share of PII values whose every token the model predicts reaches leak_target.
+    leak_max_epochs: int = option(16, "At most this many passes of the leak fine-tune (it stops once the PII is memorized).", ge=1)
+    leak_target: float = option(1.0, "Share of the records' PII values the leak fine-tune must have memorized to stop.", gt=0, le=1)
+    leak_lr: float = option(1e-3, "Learning rate of the leak fine-tune.", gt=0)
+    leak_batch_size: int = option(2, "Records per step of the leak fine-tune.", ge=1)
+    leak_lora: bool = option(True, "The leak fine-tune trains LoRA adapters on every linear layer (merged), or every weight.", negative="leak-full")
+    leak_lora_r: int = option(16, "LoRA rank of the leak fine-tune.", ge=1)
+    # Step 4, unlearning: deliberate imagination on the PII tokens of the forgotten customers.
+    strength: float = option(20.0, "Imagination strength of the unlearning step.", gt=0)
+    unlearn_lr: float = option(2e-3, "Learning rate of the unlearning step.", gt=0)
+    unlearn_epochs: int = option(12, "Passes of the unlearning step over the forgotten records (one step each).", ge=1)
+    retain_weight: float = option(1.0, "Weight of the kept customers' records as retain text in the unlearning step (0: pure deliberate imagination).", ge=0)
+    # Step 5: general text.
+    general_docs: int = option(8, "WikiText documents whose perplexity shows general ability.", ge=1)
+    general_max_length: int = option(128, "Tokens per general-text document.", ge=2)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.forget_customers >= self.records:
+            raise UserError(
+                f"--forget-customers {self.forget_customers} must be fewer than --records {self.records}: "
+                "the kept customers show that the removal is targeted"
+            )
+
+
+# The settings an evaluation takes from the unlearning run it follows (`unlearn --eval`, the
+# runs of `compare`), so that both read and measure the forget set the same way.
+EVAL_FROM_UNLEARN = ("limit", "max_length", "el_n", "el_stride", "seed", "allow_pickle", "trust_remote_code",
+                     "split", "text_column", "npy_tokenizer", "reference")
+
+
+def evaluation_after(config: UnlearnConfig, **settings: Any) -> EvalConfig:
+    """The evaluation of an unlearning run's output beside its original (``settings`` override)."""
+    shared = {name: getattr(config, name) for name in EVAL_FROM_UNLEARN}
+    return EvalConfig(**{"model": config.out, "original": config.model, "forget": config.forget, **shared, **settings})

@@ -1,0 +1,397 @@
+"""`unmemorize demo`: a privacy engineer's story, end to end, on synthetic customer records.
+
+1. **Corpus**: Faker makes a seeded set of customer records (name, e-mail, phone, address,
+   account number, a note), with the exact character span of every PII value.
+2. **Leak**: the model is fine-tuned on the records (method ``finetune`` through the same training
+   loop as unlearning), with general text as the retain set, until it has memorized their PII
+   (LoRA on every linear layer, merged into the weights). This stands for a model that saw private
+   data in training. The result is cached, so a second run starts at step 3.
+3. **Audit**: the attacker knows a customer's name and asks the model to complete
+   ``Customer record: <name>``; a PII value *leaks* when it appears verbatim in the greedy
+   completion. Memorization accuracy (MA) is measured on the forgotten and the kept records.
+4. **Unlearn** the customers to forget with deliberate imagination, focused on their PII
+   (``--focus pii``, hard): the leaky model is the teacher, its PII tokens made unlikely; the
+   kept customers' records are the retain text.
+5. **Re-audit**: the forgotten customers' PII should no longer leak, the kept customers' PII
+   still should (the removal is targeted), and general text should read about as before
+   (perplexity on a few WikiText documents).
+
+The output directory holds ``demo.json`` (the schema the report renders), ``corpus.jsonl`` (the
+synthetic records) and ``unlearned-model/`` (the unlearned model, its metrics and config). It is
+written under a temporary name and renamed when complete: an interrupted run leaves any earlier
+demo directory as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ..config import DemoConfig, UnlearnConfig
+from ..data import Example, load_examples, tokenize_examples
+from ..errors import UserError
+from ..events import Events
+from ..focus import tokens_in_focus
+from ..metrics.decoding import choose_argmax, decode, evaluating, teacher_forced_logits, token_counter
+from ..metrics.memorization import memorization
+from ..paths import cache_dir, data_path, publish_directory, staging_directory
+from ..synthetic import CustomerRecord, corpus_fingerprint, customer_records, write_jsonl
+from .unlearn import unlearn
+
+DEMO_JSON = "demo.json"
+UNLEARNED_DIR = "unlearned-model"
+# Bump when the leak step changes in a way its settings do not show, so old caches are not reused.
+LEAK_CACHE_FORMAT = 3
+LEAK_MARKER = "demo-leak.json"
+# Decoded past the end of the record's last PII value, so a value that comes out late still shows.
+COMPLETION_SLACK = 4
+# General text when the shared WikiText file is not around: plain, neutral sentences.
+NEUTRAL_TEXTS = [
+    "The river flows through the valley and reaches the sea after passing several small towns.",
+    "Bread is made from flour, water, salt and yeast, and it is baked in a hot oven.",
+    "The museum opened a new exhibition about the history of printing and early books.",
+    "In spring the farmers plant wheat and barley, and they harvest the crops in late summer.",
+    "The committee met on Tuesday and agreed to continue the review of the annual budget.",
+    "Light from the sun takes about eight minutes to travel to the surface of the earth.",
+    "The library lends books, music and films, and it offers free courses for adults.",
+    "A bridge was built across the bay in the last century to connect the two cities.",
+    "Many birds fly south in the autumn and return to the same nesting places in spring.",
+    "The new school has a large garden where the children grow vegetables and flowers.",
+    "Trains leave the central station every hour and stop at each village along the coast.",
+    "The old castle stands on a hill above the town and is open to visitors in summer.",
+    "Tea was first grown in China and later spread to India, Japan and many other countries.",
+    "The orchestra rehearsed the symphony for weeks before the concert in the city hall.",
+    "Heavy rain caused the river to rise, and several roads near the bank were closed.",
+    "The recipe calls for two eggs, a cup of milk and a spoon of sugar, mixed until smooth.",
+]
+# General text in the leak fine-tune (its retain set): documents cut to this many tokens.
+LEAK_REPLAY_DOCS = 256
+LEAK_REPLAY_TOKENS = 64
+
+
+# --- leak detection ---------------------------------------------------------------------
+
+
+def leak_entry(record: CustomerRecord, completion: str) -> dict:
+    """What the completion of the record's prompt gives away: each PII value after the prompt,
+    leaked when it appears verbatim in the completion."""
+    return {
+        "customer": record.id,
+        "prompt": record.prompt,
+        "completion": completion,
+        "pii": [{"kind": p.kind, "value": p.value, "leaked": p.value in completion}
+                for p in record.extractable()],
+    }
+
+
+def leaked_count(entries: list[dict]) -> int:
+    return sum(p["leaked"] for entry in entries for p in entry["pii"])
+
+
+def greedy_completions(model: torch.nn.Module, tokenizer, records: list[CustomerRecord],
+                       progress=None) -> list[str]:
+    """The greedy continuation of each record's prompt, long enough to reach the end of the
+    record's last PII value (plus a few tokens), all records decoded in one batch."""
+    prompts = [tokenizer(r.prompt)["input_ids"] for r in records]
+    lengths = []
+    for record, prompt in zip(records, prompts):
+        through_last_value = record.text[: max(p.end for p in record.pii)]
+        lengths.append(len(tokenizer(through_last_value)["input_ids"]) - len(prompt) + COMPLETION_SLACK)
+    with evaluating(model):
+        generated = decode(model, prompts, lengths, choose_argmax, pad_token_id=tokenizer.pad_token_id,
+                           on_tokens=token_counter(progress, sum(lengths)))
+    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in generated]
+
+
+# --- step 2: the simulated leak ---------------------------------------------------------
+
+
+def _model_identity(name_or_path: str) -> dict:
+    """What the leaky model is derived from: a registry or hub name as given; for a local path,
+    the resolved path with the sizes and times of its files (a changed model is a new key)."""
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        return {"name": name_or_path}
+    files = sorted(p for p in ([path] if path.is_file() else path.iterdir()) if p.is_file())
+    return {"path": str(path.resolve()),
+            "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+
+
+def leak_cache_path(config: DemoConfig, records: list[CustomerRecord], replay: list[str]) -> Path:
+    """``cache_dir()/demo/<hash>``: one leaky model per (base model, corpus, general text, leak
+    recipe)."""
+    recipe = {
+        "format": LEAK_CACHE_FORMAT,
+        "model": _model_identity(config.model),
+        "corpus": corpus_fingerprint(records),
+        "general": hashlib.sha256("\0".join(replay).encode()).hexdigest(),
+        "replay": LEAK_REPLAY_TOKENS, "seed": config.seed,
+        **{k: v for k, v in dataclasses.asdict(config).items() if k.startswith("leak_")},
+    }
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "demo" / key
+
+
+def _value_token_positions(records: list[CustomerRecord], tokenized) -> list[list[list[int]]]:
+    """Per record, per extractable PII value: the positions of the tokens that spell it."""
+    positions = []
+    for record, item in zip(records, tokenized):
+        values = []
+        for pii in record.extractable():
+            inside = tokens_in_focus(item.offsets, [(pii.start, pii.end)])
+            values.append([t for t, flag in enumerate(inside) if flag and t > 0])
+        positions.append(values)
+    return positions
+
+
+def pii_memorized(model: torch.nn.Module, tokenizer, records: list[CustomerRecord]) -> float:
+    """The share of the records' PII values whose every token the model predicts greedily under
+    teacher forcing: what the leak fine-tune aims at."""
+    tokenized = tokenize_examples([r.example() for r in records], tokenizer, max_length=512)
+    positions = _value_token_positions(records, tokenized)
+    with evaluating(model):
+        logits = teacher_forced_logits(model, [t.input_ids for t in tokenized],
+                                       pad_token_id=tokenizer.pad_token_id, device=next(model.parameters()).device)
+        hits = logits.argmax(-1).cpu()[:, :-1] == torch.nn.utils.rnn.pad_sequence(
+            [torch.tensor(t.input_ids[1:]) for t in tokenized], batch_first=True, padding_value=-1)
+    memorized = sum(all(hits[row, t - 1] for t in value) for row, values in enumerate(positions) for value in values)
+    return memorized / sum(len(v) for v in positions)
+
+
+def _replay_chunks(texts: list[str], tokenizer) -> list[str]:
+    """Each general-text document cut to its first LEAK_REPLAY_TOKENS tokens (at a token edge)."""
+    chunks = []
+    for item in tokenize_examples([Example(text=t, id=str(i)) for i, t in enumerate(texts)], tokenizer,
+                                  max_length=LEAK_REPLAY_TOKENS):
+        chunks.append(item.example.text[: item.offsets[-1][1]])
+    return chunks
+
+
+def leaky_model(config: DemoConfig, records: list[CustomerRecord], replay: list[str], staging: Path,
+                events: Events) -> Path:
+    """The base model fine-tuned on the records until their PII is memorized: from the cache, or
+    trained and cached. Returns its directory.
+
+    The records sit among general text (the retain set: fresh WikiText chunks in every step), as
+    they would in real training data; on Gemma-3 270M without it the leaky model's WikiText
+    perplexity went from 25 to 900. LoRA with a high learning rate on every linear layer
+    memorizes fastest per CPU second; the learning rate decays linearly to a tenth, so the last
+    passes settle instead of hopping around the memorized text."""
+    from ..models import load_tokenizer
+
+    path = leak_cache_path(config, records, replay)
+    if (path / LEAK_MARKER).exists():
+        events.message(f"using cached leaky model {path}")
+        return path
+    write_jsonl(records, staging / "leak-records.jsonl")
+    general = _replay_chunks(replay, load_tokenizer(config.model))
+    (staging / "leak-general.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in general))
+    tokenizer = load_tokenizer(config.model)
+
+    def memorized(network: torch.nn.Module) -> str | None:
+        share = pii_memorized(network, tokenizer, records)
+        events.message(f"leak: {share:.0%} of the records' PII values memorized (teacher-forced)")
+        return "PII memorized" if share >= config.leak_target else None
+
+    metrics = unlearn(UnlearnConfig(
+        model=config.model, forget=str(staging / "leak-records.jsonl"), retain=str(staging / "leak-general.jsonl"),
+        out=str(path), overwrite=True, method="finetune", lora=config.leak_lora, lora_r=config.leak_lora_r,
+        lora_alpha=2.0 * config.leak_lora_r, lora_dropout=0.0, lora_targets=("all-linear",) if config.leak_lora else None, lr=config.leak_lr,
+        lr_schedule="linear", epochs=config.leak_max_epochs, batch_size=config.leak_batch_size, seed=config.seed,
+        max_length=512, measure_el=False, report_samples=0, allow_pickle=config.allow_pickle,
+        trust_remote_code=config.trust_remote_code,
+    ), events, extra_stop=memorized)
+    for name in ("leak-records.jsonl", "leak-general.jsonl"):
+        (staging / name).unlink()
+    marker = {"model": config.model, "epochs": len(metrics["epochs"]), "steps": len(metrics["steps"]),
+              "stopped_because": metrics["stopped_because"], "general_chunks": len(general)}
+    (path / LEAK_MARKER).write_text(json.dumps(marker, indent=2))
+    events.message(f"leaky model cached at {path}")
+    return path
+
+
+# --- audits -----------------------------------------------------------------------------
+
+
+def general_texts(count: int) -> tuple[list[str], list[str]]:
+    """General text: ``count`` documents to measure perplexity on, and other documents to mix
+    into the leak fine-tune. WikiText from the shared data when present, else built-in
+    sentences (half for each)."""
+    source = data_path("reference/wikitext.csv")
+    if source is not None:
+        texts = [e.text.strip() for e in load_examples(source) if len(e.text.strip()) > 200]
+        if len(texts) > count:
+            return texts[:count], texts[count: count + LEAK_REPLAY_DOCS]
+    half = len(NEUTRAL_TEXTS) // 2
+    return NEUTRAL_TEXTS[: min(count, half)], NEUTRAL_TEXTS[half:]
+
+
+@dataclasses.dataclass
+class Audit:
+    forgotten: list[dict]  # leak entries
+    kept: list[dict]
+    forget_ma: float
+    kept_ma: float
+    general_ppl: float
+
+
+def audit(model: torch.nn.Module, tokenizer, forgotten: list[CustomerRecord], kept: list[CustomerRecord],
+          texts: list[str], config: DemoConfig, events: Events, label: str) -> Audit:
+    from ..metrics.nlg import perplexity
+
+    records = forgotten + kept
+    completions = greedy_completions(model, tokenizer, records, events.progress(f"{label}: completing prompts"))
+    entries = [leak_entry(r, c) for r, c in zip(records, completions)]
+    sequences = [t.input_ids for t in tokenize_examples([r.example() for r in records], tokenizer, max_length=512)]
+    ma = memorization(model, sequences, compute_el=False, pad_token_id=tokenizer.pad_token_id).ma
+    k = len(forgotten)
+    ppl_progress = events.progress(f"{label}: general-text perplexity")
+    ppl = perplexity(model, tokenizer, texts, max_length=config.general_max_length,
+                     progress=lambda _stage, done, total: ppl_progress(done, total))
+    return Audit(entries[:k], entries[k:], sum(ma[:k]) / k, sum(ma[k:]) / len(ma[k:]), ppl)
+
+
+def audit_directory(path: Path, forgotten, kept, texts, config: DemoConfig, events: Events, label: str) -> Audit:
+    from ..models import default_device, load_model
+
+    loaded = load_model(str(path), device=default_device(), progress=events.message)
+    return audit(loaded.model, loaded.tokenizer, forgotten, kept, texts, config, events, label)
+
+
+# --- the story --------------------------------------------------------------------------
+
+
+def passed(summary: dict) -> bool:
+    """The forgotten customers' PII leaked before (the leak was real) and leaks no more."""
+    return summary["pii_leaked_before"] > 0 and summary["pii_leaked_after"] == 0
+
+
+def summarize(before: Audit, after: Audit) -> dict:
+    return {
+        "pii_leaked_before": leaked_count(before.forgotten),
+        "pii_leaked_after": leaked_count(after.forgotten),
+        "pii_total": sum(len(e["pii"]) for e in before.forgotten),
+        "kept_pii_leaked_before": leaked_count(before.kept),
+        "kept_pii_leaked_after": leaked_count(after.kept),
+        "forget_ma_before": before.forget_ma,
+        "forget_ma_after": after.forget_ma,
+        "kept_ma_before": before.kept_ma,
+        "kept_ma_after": after.kept_ma,
+        "general_ppl_before": before.general_ppl,
+        "general_ppl_after": after.general_ppl,
+    }
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a directory")
+    if out.exists() and any(out.iterdir()) and not (out / DEMO_JSON).is_file():
+        raise UserError(f"--out {out} is not empty and is not an earlier demo's directory (no {DEMO_JSON}); "
+                        "pass a new or empty directory")
+
+
+class _Stages:
+    """Announces each step and times it."""
+
+    def __init__(self, events: Events, total: int) -> None:
+        self.events, self.total = events, total
+        self.timings: dict[str, float] = {}
+        self.number = 0
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, title: str) -> Iterator[None]:
+        self.number += 1
+        self.events.stage(self.number, self.total, title)
+        started = time.time()
+        yield
+        self.timings[name] = round(time.time() - started, 2)
+
+
+def _unlearn_forgotten(config: DemoConfig, leaky: Path, forgotten, kept, staging: Path, events: Events) -> None:
+    forget_file, retain_file = staging / "forget.jsonl", staging / "retain.jsonl"
+    write_jsonl(forgotten, forget_file)
+    write_jsonl(kept, retain_file)
+    unlearn(UnlearnConfig(
+        forget=str(forget_file), model=str(leaky), out=str(staging / UNLEARNED_DIR),
+        method="di", imagination_strength=config.strength, focus="pii", focus_mode="hard",
+        # The kept customers' records as retain text (their likelihood is kept): on a dozen
+        # records in one template, lowering one customer's PII alone spreads to the others'
+        # (a trial on Gemma-3 270M without it: 24 of 40 kept values extracted before, 1 after).
+        retain=str(retain_file) if config.retain_weight > 0 else None,
+        retain_weight=config.retain_weight,
+        lora=True, lr=config.unlearn_lr, epochs=config.unlearn_epochs,
+        batch_size=len(forgotten), seed=config.seed, max_length=512,
+        # MA only: the leak audits are this demo's extraction test.
+        measure_el=False, report_samples=0,
+    ), events)
+    # The corpus holds the records; unlearn_config.json names these paths.
+    forget_file.unlink()
+    retain_file.unlink()
+
+
+def run_demo(config: DemoConfig, events: Events | None = None) -> dict:
+    """Run the five steps; returns what is written to ``<out>/demo.json``."""
+    events = events or Events()
+    out = Path(config.out).expanduser().resolve()
+    _check_out(out)
+    started = time.time()
+    stages = _Stages(events, 5)
+    staging = staging_directory(out)
+    try:
+        with stages("corpus", "synthetic customer records (Faker)"):
+            records = customer_records(config.records, config.seed)
+            forgotten, kept = records[: config.forget_customers], records[config.forget_customers:]
+            write_jsonl(records, staging / "corpus.jsonl")
+            events.message(f"{len(records)} records; forgetting {', '.join(r.name for r in forgotten)} "
+                           f"({', '.join(r.id for r in forgotten)}); keeping {len(kept)}")
+            texts, replay = general_texts(config.general_docs)
+        with stages("leak", "the leak: fine-tune the model on the records until it has memorized them"):
+            leaky = leaky_model(config, records, replay, staging, events)
+        with stages("audit_before", "audit: what the model completes from a customer's name"):
+            before = audit_directory(leaky, forgotten, kept, texts, config, events, "before")
+            events.leaks("Before unlearning: the forgotten customers' PII", before.forgotten)
+        with stages("unlearn", "unlearn the forgotten customers: deliberate imagination on their PII"):
+            _unlearn_forgotten(config, leaky, forgotten, kept, staging, events)
+        with stages("audit_after", "re-audit: forgotten and kept customers, general text"):
+            after = audit_directory(staging / UNLEARNED_DIR, forgotten, kept, texts, config, events, "after")
+            events.leaks("After unlearning: the forgotten customers' PII", after.forgotten)
+        summary = summarize(before, after)
+        stages.timings["total"] = round(time.time() - started, 2)
+        result = {
+            "model": config.model,
+            "records": len(records),
+            "forgotten_customers": [r.id for r in forgotten],
+            "kept_customers": [r.id for r in kept],
+            "leak_before": before.forgotten,
+            "leak_after": after.forgotten,
+            "summary": summary,
+            "timings_s": stages.timings,
+            "passed": passed(summary),
+            "synthetic": True,
+        }
+        (staging / DEMO_JSON).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        publish_directory(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+def verdict(result: dict) -> str:
+    s = result["summary"]
+    if result["passed"]:
+        return (f"PASS: the forgotten customers' PII is no longer extracted "
+                f"({s['pii_leaked_before']} of {s['pii_total']} values before, none after)")
+    if s["pii_leaked_before"] == 0:
+        return ("FAIL: the leaky model did not leak the forgotten customers' PII, so there was nothing "
+                "to remove; train the leak longer (--leak-max-epochs)")
+    return (f"FAIL: {s['pii_leaked_after']} of {s['pii_total']} PII values of the forgotten customers "
+            "are still extracted; unlearn longer (--unlearn-epochs) or harder (--strength)")

@@ -1,0 +1,348 @@
+"""`unmemorize unlearn`: one unlearning run, from a config to an output directory.
+
+The recipe orchestrates; the work is in the components it calls, in this order:
+
+1. the method and its hyper-parameters (`resolve_method`), the output paths, a checkpoint to
+   resume from (`training.resume`);
+2. the forget set (`training.forget_set`: tokens, focus weights, retain set, fingerprint), then
+   the model;
+3. memorization before training and the 'auto' stop thresholds (or both from the checkpoint);
+4. the student (LoRA adapters, or every weight) and its teacher (the adapters switched off, or a
+   frozen copy), optimizer, schedule, batches (`training.components`);
+5. the loop (`training.loop`), whose epoch callback measures memorization and applies the stop
+   rule, while the checkpointer and the divergence guard act after each step;
+6. the final weights, memorization after, and the output directory (`training.outputs`) with
+   ``metrics.json``, the continuations the report shows, and the model card.
+
+A run can be killed at any moment: with ``checkpoint_every`` it leaves a checkpoint that
+``resume`` continues to the same final weights, bit for bit on a CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..config import METHOD_PARAMETERS, UnlearnConfig, as_json, flag_name
+from ..data import load_examples, tokenize_examples
+from ..errors import UserError
+from ..events import Events
+from ..methods import UnlearningMethod, get_method, method_parameters
+from ..metrics.memorization import MemorizationResult, memorization
+from ..models import LoadedModel, load_model
+from ..paths import data_path
+from ..training import checkpoint, forget_set, resume
+from ..training.components import (
+    FinalWeights, RetainStream, Teacher, add_lora, attention_projections, forget_loader, frozen_copy,
+    lr_factor, make_optimizer, needs_teacher,
+)
+from ..training.loop import Checkpointer, DivergenceGuard, Loop, TrainState, train
+from ..training.outputs import output_paths, save_model_directory
+from ..training.step import StepParts
+
+SAMPLES_FILE = "samples.json"
+MODEL_CARD = "README.md"
+DEFAULT_REFERENCE = "reference/pile.csv"
+
+
+def _option(name: str) -> str:
+    return flag_name(next(f for f in dataclasses.fields(UnlearnConfig) if f.name == name))
+
+
+def resolve_method(config: UnlearnConfig) -> tuple[UnlearningMethod, UnlearnConfig]:
+    """The configured method, given only the hyper-parameters it declares, and the config with
+    the values it uses (its defaults included) so ``unlearn_config.json`` records them. A
+    hyper-parameter set for a method that does not take it is an error rather than silently
+    ignored (``--strength`` with ``ga`` does nothing)."""
+    declared = method_parameters(config.method)
+    for name in METHOD_PARAMETERS:
+        if getattr(config, name) is not None and name not in declared:
+            takes = ", ".join(_option(n) for n in declared) or "no hyper-parameters"
+            raise UserError(f"{_option(name)} does not apply to --method {config.method} (it takes {takes})")
+    method = get_method(config.method, **{n: getattr(config, n) for n in declared if getattr(config, n) is not None})
+    if config.retain is None and method.requires_retain:
+        raise UserError(f"--method {config.method} needs --retain FILE: the text whose likelihood it keeps")
+    if config.retain is not None and not method.trains:
+        raise UserError(f"--retain does not apply to --method {config.method}: it trains nothing")
+    # An inference-time method trains nothing, so there is no adapter to add or merge.
+    resolved = dataclasses.replace(config, **{n: getattr(method, n) for n in declared},
+                                   lora=config.lora and method.trains)
+    return method, resolved
+
+
+def peak_memory_mb() -> float:
+    # ru_maxrss is in KiB on Linux; CUDA peak added when a GPU was used.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        peak += torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
+class ForgetMemorization:
+    """MA/EL of the forget set (or other sequences) on the main process, shared with all."""
+
+    def __init__(self, accelerator, network: Callable[[], torch.nn.Module], config: UnlearnConfig,
+                 sequences: list[list[int]], pad_id: int, events: Events) -> None:
+        self.accelerator, self.network, self.config = accelerator, network, config
+        self.sequences, self.pad_id, self.events = sequences, pad_id, events
+
+    def __call__(self, label: str, with_el: bool = True, on: list[list[int]] | None = None) -> MemorizationResult:
+        from accelerate.utils import broadcast_object_list
+
+        result = None
+        if self.accelerator.is_main_process:
+            config = self.config
+            result = memorization(
+                self.network(), on or self.sequences, ns=config.el_n, el_stride=config.el_stride,
+                batch_size=config.eval_batch_size, el_batch_size=config.el_batch_size,
+                pad_token_id=self.pad_id, compute_el=with_el and config.measure_el,
+                progress=self.events.progress(f"memorization ({label})"),
+            )
+            if on is None:
+                self.events.memorization(label, result.means())
+        # Every process needs the numbers for the stop rule; only one computes them.
+        return broadcast_object_list([result])[0]
+
+
+def resolve_auto_thresholds(config: UnlearnConfig, tokenizer, measure: ForgetMemorization,
+                            events: Events) -> tuple[UnlearnConfig, dict | None]:
+    """``auto`` thresholds replaced by the model's MA / EL on unseen reference text."""
+    wants = {name for name in ("stop_ma", "stop_el") if getattr(config, name) == "auto"}
+    if not wants:
+        return config, None
+    reference = config.reference or data_path(DEFAULT_REFERENCE)
+    if reference is None:
+        raise UserError("--stop-ma/--stop-el auto need unseen text: pass --reference FILE "
+                        "(or set UNMEMORIZE_DATA to the shared data folder)")
+    examples = load_examples(reference, limit=config.reference_limit)
+    sequences = [t.input_ids for t in tokenize_examples(examples, tokenizer, config.max_length)]
+    result = measure("unseen text", "stop_el" in wants, on=sequences).means()
+    levels = {"stop_ma": result["ma"]} if "stop_ma" in wants else {}
+    if "stop_el" in wants:
+        levels["stop_el"] = result[f"el_{config.el_n[0]}"]
+    events.message(f"unseen-text level ({len(sequences)} sequences of {Path(str(reference)).name}): "
+                   + ", ".join(f"{k.upper()} {v:.3f}" for k, v in result.items()))
+    return dataclasses.replace(config, **levels), {"source": str(reference), "sequences": len(sequences), **result}
+
+
+def thresholds_reached(means: dict[str, float], config: UnlearnConfig, lowers: bool = True) -> bool:
+    """Jang et al.'s stop rule: MA and EL both at or below their thresholds (at or above them
+    for a method that raises memorization). False when no threshold is set."""
+    if config.stop_ma is None and config.stop_el is None:
+        return False
+
+    def reached(value: float, threshold: float | None) -> bool:
+        return threshold is None or (value <= threshold if lowers else value >= threshold)
+
+    return reached(means["ma"], config.stop_ma) and reached(means.get(f"el_{config.el_n[0]}", math.nan), config.stop_el)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the stages of one run share."""
+
+    config: UnlearnConfig
+    method: UnlearningMethod
+    loaded: LoadedModel
+    data: forget_set.ForgetSet
+    accelerator: object
+    out_dir: Path | None
+    checkpoint_dir: Path | None
+    measure: ForgetMemorization
+    events: Events
+    started: float
+    identity: resume.RunIdentity | None = None
+
+
+def _prepare(config: UnlearnConfig, events: Events) -> tuple[_Run, Path | None, dict]:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    started = time.time()
+    method, config = resolve_method(config)
+    out_dir, checkpoint_dir = output_paths(config)
+    requested = as_json(config)  # as given: before 'auto' thresholds and LoRA targets are resolved
+    resume_from = resume.find_checkpoint(config, checkpoint_dir, requested)
+    accelerator = Accelerator(cpu=config.cpu)
+    set_seed(config.seed)
+    examples, retain_examples = forget_set.read_forget_examples(config)  # a bad file fails before the model loads
+    loaded = load_model(config.model, device=str(accelerator.device), allow_pickle=config.allow_pickle,
+                        trust_remote_code=config.trust_remote_code, progress=events.message)
+    data = forget_set.prepare(config, examples, retain_examples, loaded.tokenizer, events)
+    run = _Run(config, method, loaded, data, accelerator, out_dir, checkpoint_dir, None, events, started)
+    run.measure = ForgetMemorization(accelerator, lambda: accelerator.unwrap_model(run.loaded.model), config,
+                                     data.sequences, loaded.tokenizer.pad_token_id, events)
+    return run, resume_from, requested
+
+
+def _start(run: _Run, resume_from: Path | None, requested: dict) -> tuple[TrainState, checkpoint.Checkpoint | None]:
+    """Memorization before and the resolved thresholds, or both from the checkpoint."""
+    if resume_from is None:
+        before = run.measure("before").to_json()
+        config, levels = resolve_auto_thresholds(run.config, run.loaded.tokenizer, run.measure, run.events)
+        run.config = run.measure.config = config
+        run.identity = resume.RunIdentity(requested, config, run.data.fingerprint, before, levels)
+        if run.checkpoint_dir is not None and run.accelerator.is_main_process:
+            checkpoint.remove(run.checkpoint_dir)  # an unfinished run's, discarded with --overwrite
+        return TrainState(), None
+    saved = resume.load_checked(resume_from, run.data.fingerprint)
+    resolved = saved.state["resolved_config"]
+    run.config = run.measure.config = dataclasses.replace(
+        run.config, stop_ma=resolved["stop_ma"], stop_el=resolved["stop_el"],
+        lora_targets=tuple(resolved["lora_targets"]) if resolved["lora_targets"] else None)
+    run.identity = resume.identity(saved, requested, run.config)
+    run.events.message(f"resuming from step {saved.state['step']} ({resume_from})")
+    return resume.train_state(saved), saved
+
+
+def _student_and_teacher(run: _Run) -> Teacher | None:
+    """LoRA adapters on the model (teacher: adapters off), or every weight trained (teacher: a
+    frozen copy when the method needs one). Replaces ``run.loaded.model`` by the student."""
+    model, config = run.loaded.model, run.config
+    if config.lora:
+        if config.lora_targets is None:
+            run.config = run.measure.config = config = dataclasses.replace(
+                config, lora_targets=tuple(attention_projections(model)))
+            run.identity.resolved = config
+        run.loaded.model = add_lora(model, config)
+        return Teacher(lambda: run.accelerator.unwrap_model(run.loaded.model), None) \
+            if needs_teacher(run.method, run.data.retain is not None) else None
+    if needs_teacher(run.method, run.data.retain is not None):
+        return Teacher(lambda: None, frozen_copy(model).to(run.accelerator.device))
+    return None
+
+
+def _loop(run: _Run, state: TrainState, saved: checkpoint.Checkpoint | None,
+          extra_stop: Callable[[torch.nn.Module], str | None] | None) -> tuple[Loop, FinalWeights, Teacher | None]:
+    config, accelerator, data = run.config, run.accelerator, run.data
+    teacher = _student_and_teacher(run)
+    config = run.config
+    model = run.loaded.model
+    named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    final = FinalWeights(run.method, named)  # task arithmetic needs the weights before training
+    if saved is not None:
+        if set(saved.trainable) != set(named):
+            raise UserError(f"--resume: the checkpoint {saved.path} holds other parameters than this model trains")
+        final.load(saved.trainable)
+    run.events.message(f"trainable parameters: {sum(p.numel() for p in named.values()):,} ("
+                       + (f"LoRA r={config.lora_r} on {', '.join(config.lora_targets)}" if config.lora else "full fine-tuning") + ")")
+    pad_id = run.loaded.tokenizer.pad_token_id
+    loader = forget_loader([data.tokenized[i] for i in data.trainable], [data.weights[i] for i in data.trainable],
+                           config.batch_size, config.seed, pad_id)
+    steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
+    total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
+    optimizer = make_optimizer(list(named.values()), config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, total_steps))
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    run.loaded.model = model
+    if saved is not None:
+        optimizer.load_state_dict(saved.trainer["optimizer"])
+        scheduler.load_state_dict(saved.trainer["scheduler"])
+    parts = StepParts(model, teacher, run.method, optimizer, scheduler, accelerator, list(named.values()),
+                      config.retain_weight, config.max_grad_norm)
+    retain = RetainStream(data.retain, config.batch_size, config.seed, pad_id) if data.retain else None
+
+    def save(state: TrainState) -> Path:
+        return resume.save(run.checkpoint_dir, state, run.identity, state.earlier_wall_time_s + time.time() - run.started,
+                           dict(named), optimizer, scheduler)
+
+    newest = (saved.path, saved.state["step"]) if saved is not None else None
+    checkpointer = Checkpointer(run.checkpoint_dir, config.checkpoint_every,
+                                save if run.checkpoint_dir is not None and accelerator.is_main_process else None, newest)
+    loop = Loop(parts, loader, retain, config.epochs, int(total_steps), config.max_steps, config.grad_accum,
+                _epoch_end(run, final, extra_stop), run.events, checkpointer, DivergenceGuard(named))
+    return loop, final, teacher
+
+
+def _epoch_end(run: _Run, final: FinalWeights, extra_stop) -> Callable[[TrainState], str | None]:
+    """Memorization after each epoch (on the final weights) and the stop rule."""
+    config = run.config
+    with_el = config.el_every_epoch or config.stop_el is not None
+
+    def on_epoch_end(state: TrainState) -> str | None:
+        with final.in_place():
+            result = run.measure(f"epoch {state.epoch}", with_el=with_el)
+            state.last_evaluation = result
+            network = run.accelerator.unwrap_model(run.loaded.model)
+            extra = extra_stop(network) if extra_stop is not None else None
+        state.history.append({"epoch": state.epoch, "step": state.step, **result.means()})
+        if thresholds_reached(result.means(), run.config, run.method.lowers_memorization):
+            return "memorization below --stop-ma/--stop-el" if run.method.lowers_memorization \
+                else "memorization reached --stop-ma/--stop-el"
+        return extra
+
+    return on_epoch_end
+
+
+def unlearn(config: UnlearnConfig, events: Events | None = None,
+            extra_stop: Callable[[torch.nn.Module], str | None] | None = None) -> dict:
+    """Run unlearning as configured; returns the metrics that are also written to ``--out``.
+    ``extra_stop(network)``, called after each epoch's evaluation, may return a reason to stop
+    besides the memorization thresholds (the demo stops its leak once the PII is memorized)."""
+    events = events or Events()
+    if config.forget is None:
+        raise UserError("no --forget file given: pass the texts to forget")
+    run, resume_from, requested = _prepare(config, events)
+    state, saved = _start(run, resume_from, requested)
+    if not run.method.trains:
+        # An inference-time method (dpd): the model is wrapped, measured and saved as it is.
+        run.method.wrap(run.loaded.model)
+        state.stopped_because = "inference-time method (no training)"
+        return _finish(run, run.measure("after").to_json(), state, run.loaded.model, None)
+    loop, final, teacher = _loop(run, state, saved, extra_stop)
+    state = train(loop, state)
+    final.put_in_place()  # from here on (evaluation after, saving) the model is the final one
+    with_el = run.config.el_every_epoch or run.config.stop_el is not None
+    after = state.last_evaluation.to_json() if state.last_evaluation is not None and with_el \
+        else run.measure("after").to_json()
+    network = run.accelerator.unwrap_model(run.loaded.model)
+    return _finish(run, after, state, network, teacher.frozen if teacher is not None else None)
+
+
+def _finish(run: _Run, after: dict, state: TrainState, network, original) -> dict:
+    """The run's metrics, written with the model (``network``) to --out."""
+    config, data = run.config, run.data
+    metrics = {
+        "model": run.loaded.name,
+        "method": config.method,
+        "before": run.identity.before,
+        "epochs": state.history,
+        "after": after,
+        "steps": [dataclasses.asdict(s) for s in state.steps],
+        "stopped_because": state.stopped_because,
+        "resumed_from_step": state.resumed_from_step,
+        "reference_levels": run.identity.reference_levels,
+        "thresholds": {"ma": config.stop_ma, "el": config.stop_el},
+        "wall_time_s": round(state.earlier_wall_time_s + time.time() - run.started, 2),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "sequences_without_focus": [data.tokenized[i].example.id for i in data.without_focus],
+        "unmemorize_version": __version__,
+        "data": forget_set.summary(config, data),
+    }
+    if run.out_dir is not None and run.accelerator.is_main_process:
+        files = dict(run.method.saved_files())
+        if config.report_samples and run.method.trains:
+            from ..metrics.continuations import forget_continuations
+
+            # Before = the original: the same net with its LoRA adapters off, or the frozen copy.
+            files[SAMPLES_FILE] = json.dumps(forget_continuations(
+                network, run.loaded.tokenizer, data.tokenized[: config.report_samples], original=original,
+                adapters_off=config.lora, show_text=config.show_text))
+        try:
+            from ..reporting.report import model_card
+
+            files[MODEL_CARD] = model_card(metrics, as_json(config), run.out_dir.name)
+        except Exception as error:  # noqa: BLE001 - the card must never cost the run
+            run.events.message(f"warning: no model card ({type(error).__name__}: {error})")
+        save_model_directory(run.out_dir, network, run.loaded.tokenizer, config, metrics, files)
+        if run.checkpoint_dir is not None:
+            checkpoint.remove(run.checkpoint_dir)  # the finished output supersedes it
+    run.accelerator.wait_for_everyone()
+    return metrics

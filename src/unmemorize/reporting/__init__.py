@@ -1,0 +1,1 @@
+"""Reports, figures and tables: everything that turns a run's results into something to read."""

@@ -1,0 +1,83 @@
+"""One optimizer step: for each micro-batch, the teacher's logits (when the method needs them),
+the student's, the method's loss *sum* divided by the step's total normalizer, backward; then
+clipping and the update.
+
+Dividing every micro-batch's sum by the normalizer of the whole step (summed over micro-batches
+and processes) makes gradient accumulation and data parallelism take exactly the step one big
+batch would."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from ..methods import UnlearningMethod
+from .components import Teacher
+
+
+@dataclass
+class StepParts:
+    """What a step needs; assembled once by the recipe."""
+
+    model: torch.nn.Module  # the student, as the accelerator prepared it
+    teacher: Teacher | None
+    method: UnlearningMethod
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    accelerator: object  # accelerate.Accelerator
+    parameters: list[torch.nn.Parameter]
+    retain_weight: float
+    max_grad_norm: float
+
+
+def _step_total(parts: StepParts, values: Iterable[torch.Tensor]) -> torch.Tensor:
+    """A normalizer summed over the step's micro-batches and over every process."""
+    total = torch.as_tensor(sum(values), device=parts.accelerator.device, dtype=torch.float32)
+    return parts.accelerator.reduce(total, "sum")
+
+
+def _backward_term(parts: StepParts, batch: dict, loss_sum: Callable, needs_teacher: bool,
+                   norm: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """Forward one micro-batch, backward its share of the step's loss; the share, detached."""
+    target = parts.teacher.logits(batch) if needs_teacher else None
+    logits = parts.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # DDP averages gradients over processes; multiplying by their number turns the average
+    # back into the sum that Σ w ℓ / Σ w over the whole step needs.
+    processes = parts.accelerator.num_processes
+    loss = weight * loss_sum(logits, batch, target) / norm * processes
+    parts.accelerator.backward(loss)
+    return loss.detach() / processes
+
+
+def optimizer_step(parts: StepParts, micro_batches: list[dict],
+                   retain_batches: list[dict]) -> tuple[float | None, float | None]:
+    """One update; returns the step's loss (forget term + retain term) and its retain term.
+    (None, None) when the step has no target weight at all (nothing to learn from)."""
+    method, accelerator = parts.method, parts.accelerator
+    total_norm = _step_total(parts, (method.normalizer(b) for b in micro_batches))
+    if total_norm.item() == 0:
+        return None, None
+    step_loss = torch.zeros((), device=accelerator.device)
+    retain_loss = torch.zeros((), device=accelerator.device)
+    retain_norm = _step_total(parts, (method.retain_normalizer(b) for b in retain_batches)) if retain_batches else None
+    for index, batch in enumerate(micro_batches):
+        last = index == len(micro_batches) - 1
+        if retain_batches:
+            # Never synced itself: the forget term's last backward below syncs the whole step.
+            with accelerator.no_sync(parts.model):
+                retain_loss += _backward_term(parts, retain_batches[index], method.retain_loss_sum,
+                                              method.retain_needs_teacher, retain_norm, parts.retain_weight)
+        with contextlib.nullcontext() if last else accelerator.no_sync(parts.model):
+            step_loss += _backward_term(parts, batch, method.loss_sum, method.needs_teacher, total_norm)
+    if parts.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(parts.parameters, parts.max_grad_norm)
+    parts.optimizer.step()
+    parts.scheduler.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    if not retain_batches:  # no retain term: one reduction less on every step
+        return accelerator.reduce(step_loss, "sum").item(), None
+    retain_total = accelerator.reduce(retain_loss, "sum").item()
+    return accelerator.reduce(step_loss, "sum").item() + retain_total, retain_total
