@@ -41,6 +41,22 @@ def exit_code(args: list[str]) -> int:
     return 0
 
 
+def naive_ma(model_dir, texts: list[str], max_length: int = 200) -> float:
+    """Mean memorization accuracy written out: each sequence alone, one forward pass, the share
+    of positions t >= 1 whose argmax prediction from x_<t is x_t."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    values = []
+    for text in texts:
+        ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+        with torch.no_grad():
+            predicted = model(input_ids=torch.tensor([ids])).logits[0].argmax(-1).tolist()
+        values.append(sum(predicted[t - 1] == ids[t] for t in range(1, len(ids))) / (len(ids) - 1))
+    return sum(values) / len(values)
+
+
 def make_tokenizer(directory: Path, add_bos: bool = True) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

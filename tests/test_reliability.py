@@ -289,16 +289,23 @@ def test_a_failed_output_write_keeps_the_previous_output(tiny_models, forget_fil
 
 
 def test_output_folders_get_the_umask_permissions_not_private_ones(tiny_models, forget_file, tmp_path):
-    # Outputs are built in a temporary folder (mkdtemp: 0700) and renamed into place; the result is
-    # an ordinary folder, readable as the umask allows, like anything else the user creates.
+    # Outputs are built in a temporary folder (mkdtemp: 0700) and renamed into place, reports and
+    # figures written under temporary names (mkstemp: 0600); the results are ordinary folders and
+    # files, readable as the umask allows, like anything else the user creates.
+    from unmemorize.reporting.report import write_report
+
     umask = os.umask(0o022)
     try:
         out = tmp_path / "run"
         unlearn(UnlearnConfig(model=str(tiny_models["llama"]), forget=str(forget_file), max_steps=1,
                               el_n=[2], out=str(out)))
+        write_report(out)
     finally:
         os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o755
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {"report.html", "report.md", "README.md", "metrics.json", "memorization.png"} <= {p.name for p in files}
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o644 for p in files}
 
 
 def test_inputs_are_never_modified(tiny_models, forget_file, tmp_path):

@@ -24,7 +24,7 @@ from unmemorize.data import Example, TokenizedExample
 from unmemorize.errors import UserError
 from unmemorize.reporting.plots import before_after_bars
 from unmemorize.metrics.continuations import prefix_length
-from unmemorize.reporting.formatting import fmt
+from unmemorize.reporting.formatting import fmt, gib
 from unmemorize.reporting.report import MATCH, MISS, write_report
 
 MARKER = "MARKER-5e1d-DO-NOT-LEAK"
@@ -414,3 +414,6 @@ def test_cell_formatting():
     assert [fmt(None), fmt(float("nan")), fmt(True), fmt(0.123456), fmt(27.2), fmt(1516.04), fmt(2e-5),
             fmt(0.0071428), fmt(0.0), fmt(12), fmt(123456), fmt([2, 10])] == \
         ["–", "n/a", "yes", "0.123", "27.200", "1516", "2e-05", "0.00714", "0.000", "12", "123,456", "2, 10"]
+    # Large floats (peak memory in MiB, perplexities of broken models) never in exponent notation.
+    assert [fmt(16960.4), fmt(2124.54), fmt(1.5e7)] == ["16,960", "2125", "15,000,000"]
+    assert [gib(16960.0), gib(None)] == ["16.6 GiB", "–"]

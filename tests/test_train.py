@@ -12,6 +12,8 @@ from unmemorize.config import UnlearnConfig
 from unmemorize.recipes.unlearn import unlearn
 from unmemorize.training.components import attention_projections
 
+from conftest import naive_ma
+
 TEXTS = [
     "Alice Johnson lives at 42 Baker Street in London.",
     "Contact mary.jones@example.com for the account.",
@@ -235,7 +237,8 @@ def test_auto_thresholds_come_from_unseen_text(tiny_models, forget_file, tmp_pat
         el_stride=3, stop_ma="auto", stop_el="auto", reference=str(reference),
     ))
     levels = metrics["reference_levels"]
-    assert levels["sequences"] == 2 and 0 <= levels["ma"] <= 1
+    unseen = ["Some other sentence about weather.", "A second unseen line of text here."]
+    assert levels["sequences"] == 2 and levels["ma"] == pytest.approx(naive_ma(tiny_models["llama"], unseen))
     assert metrics["thresholds"] == {"ma": levels["ma"], "el": levels["el_2"]}
     with pytest.raises(UserError, match="number or 'auto'"):
         unlearn(UnlearnConfig(model=str(tiny_models["llama"]), forget=str(forget_file), stop_ma="often"))

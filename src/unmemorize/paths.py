@@ -80,6 +80,10 @@ def publish_directory(staging: Path, out: Path) -> None:
     """Rename a finished ``staging`` directory to ``out``. A rename cannot replace a non-empty
     directory, so an existing ``out`` is moved aside first and removed only afterwards: one
     complete copy is on disk at every moment."""
+    # Libraries write some files privately (safetensors: 0600); a published folder is ordinary.
+    umask = _umask()
+    for path in staging.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
