@@ -309,7 +309,7 @@ METHOD_PARAMETERS = ("imagination_strength", "beta", "margin", "task_vector_alph
 RESUME_MAY_CHANGE = frozenset({
     "out", "overwrite", "checkpoint_every", "checkpoint_dir", "resume", "eval_batch_size",
     "el_batch_size", "cpu", "allow_pickle", "trust_remote_code", "max_examples", "forget", "retain",
-    "report_samples", "show_text",
+    "report_samples", "show_text", "threads",
 })
 
 
@@ -364,6 +364,7 @@ class UnlearnConfig(ModelOptions, ReadOptions, ExtractionOptions):
     reference: str | None = option(None, f"Unseen text for 'auto' thresholds (default: {DEFAULT_REFERENCE} under the data location).")
     reference_limit: int = option(32, "Reference sequences used for 'auto' thresholds.", ge=1)
     cpu: bool = option(False, "Run on the CPU even when a GPU is present.")
+    precision: str | None = option(None, "Matrix products in fp32, or bf16 (autocast; the loss and the weights stay float32). Default: bf16 on a GPU, fp32 on a CPU (without AMX, bf16 is slower there).", choices=("fp32", "bf16"))
     max_examples: int | None = option(None, "Refuse a forget set of more than N examples (--limit truncates instead).", ge=1)
     checkpoint_every: int | None = option(None, "Write a checkpoint every N optimizer steps (to --checkpoint-dir).", ge=1)
     checkpoint_dir: str | None = option(None, "Where checkpoints go (default: OUT.checkpoint). Removed once OUT is written.")

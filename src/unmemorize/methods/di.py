@@ -9,25 +9,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import UserError
-from .base import UnlearningMethod, register
+from .base import UnlearningMethod, batch_terms, register
+from .likelihood import SoftTarget, softmax_
 # Softmax over a 262k vocabulary in bf16 loses the small probabilities imagination creates.
 from ..metrics.decoding import at_least_float32
 
 
 def imagined_targets(
-    teacher_logits: torch.Tensor, next_tokens: torch.Tensor, imagination_strength: float
+    teacher_logits: torch.Tensor, next_tokens: torch.Tensor, imagination_strength: float,
+    overwrite: bool = False,
 ) -> torch.Tensor:
-    """softmax(z − γ·onehot(x)) over the last dimension. Shapes: [..., V] and [...]."""
-    shifted = at_least_float32(teacher_logits).clone()
+    """softmax(z − γ·onehot(x)) over the last dimension. Shapes: [..., V] and [...]. With
+    ``overwrite`` (float32 or float64 logits) it is computed in the logits' own memory."""
+    shifted = teacher_logits if overwrite else at_least_float32(teacher_logits).clone()
     shifted.scatter_add_(
         -1,
         next_tokens.unsqueeze(-1),
         torch.full_like(shifted[..., :1], -imagination_strength),
     )
-    return shifted.softmax(-1)
+    return softmax_(shifted)
 
 
 def di_token_losses(
@@ -38,10 +40,8 @@ def di_token_losses(
 ) -> torch.Tensor:
     """ℓ_t = −Σ_v p'_t(v) log q_t(v) for t = 1..T−1, shape [B, T−1]. Position t's prediction
     comes from the logits at t−1."""
-    targets = imagined_targets(teacher_logits[:, :-1], input_ids[:, 1:], imagination_strength)
-    student = at_least_float32(student_logits[:, :-1])
-    # cross_entropy with probability targets wants the class dimension second.
-    return F.cross_entropy(student.transpose(1, 2), targets.transpose(1, 2), reduction="none")
+    return batch_terms(DeliberateImagination(imagination_strength).token_terms, student_logits, input_ids,
+                       teacher_logits)
 
 
 @register
@@ -49,14 +49,14 @@ def di_token_losses(
 class DeliberateImagination(UnlearningMethod):
     name = "di"
     needs_teacher = True
+    teacher_in_terms = True
     imagination_strength: float = 3.0
 
     def __post_init__(self) -> None:
         if not self.imagination_strength >= 0:
             raise UserError(f"--strength must be >= 0, not {self.imagination_strength}")
 
-    def loss_sum(self, logits, batch, teacher_logits=None):
+    def token_target(self, targets, teacher_logits=None, overwrite=False):
         if teacher_logits is None:
             raise ValueError("deliberate imagination needs the teacher's logits")
-        losses = di_token_losses(logits, teacher_logits, batch["input_ids"], self.imagination_strength)
-        return (losses * batch["loss_weights"][:, 1:]).sum()
+        return SoftTarget(imagined_targets(teacher_logits, targets, self.imagination_strength, overwrite))

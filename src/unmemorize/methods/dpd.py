@@ -90,7 +90,7 @@ class PrivateDecoding(UnlearningMethod):
     def __post_init__(self) -> None:
         check_lambda(self.dpd_lambda)
 
-    def loss_sum(self, logits, batch, teacher_logits=None):
+    def token_target(self, targets, teacher_logits=None, overwrite=False):
         raise TypeError("dpd is an inference-time method: it has no training loss")
 
     def wrap(self, model):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import UnlearningMethod, register
-from .likelihood import weighted_nll_sum
+from .likelihood import SoftTarget
 
 
 @register
@@ -19,5 +19,5 @@ class FineTune(UnlearningMethod):
     name = "finetune"
     lowers_memorization = False
 
-    def loss_sum(self, logits, batch, teacher_logits=None):
-        return weighted_nll_sum(logits, batch)
+    def token_target(self, targets, teacher_logits=None, overwrite=False):
+        return SoftTarget()  # −log p(x): the NLL

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import UnlearningMethod, register
-from .likelihood import weighted_nll_sum
+from .likelihood import SoftTarget
 
 
 @register
@@ -19,5 +19,5 @@ from .likelihood import weighted_nll_sum
 class GradientAscent(UnlearningMethod):
     name = "ga"
 
-    def loss_sum(self, logits, batch, teacher_logits=None):
-        return -weighted_nll_sum(logits, batch)
+    def token_target(self, targets, teacher_logits=None, overwrite=False):
+        return SoftTarget(sign=-1.0)  # log p(x) = −CE(onehot(x), q); Σ w·log p = −(weighted NLL): ascent

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from .base import register
 from .ga import GradientAscent
-from .likelihood import token_kl
+from ..metrics.decoding import at_least_float32
+from .likelihood import SoftTarget
 
 
 @register
@@ -23,7 +24,10 @@ class KLRetain(GradientAscent):
     requires_retain = True
     retain_needs_teacher = True
 
-    def retain_loss_sum(self, logits, batch, teacher_logits=None):
+    def retain_token_target(self, targets, teacher_logits=None, overwrite=False):
         if teacher_logits is None:
             raise ValueError("the kl retain term needs the original model's logits")
-        return (token_kl(teacher_logits, logits) * batch["loss_weights"][:, 1:]).sum()
+        # KL(p_ref ‖ q) = CE(p_ref, q) − H(p_ref)
+        log_reference = at_least_float32(teacher_logits).log_softmax(-1)
+        reference = log_reference.exp()
+        return SoftTarget(reference, 1.0, -(reference * log_reference).sum(-1))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .base import UnlearningMethod, register
-from .likelihood import sequence_log_likelihoods, sequences_with_targets
+from .likelihood import SoftTarget, sequences_with_targets, weighted_sequence_sums
 
 
 @register
@@ -28,6 +28,7 @@ from .likelihood import sequence_log_likelihoods, sequences_with_targets
 class NegativePreferenceOptimization(UnlearningMethod):
     name = "npo"
     needs_teacher = True
+    linear_in_terms = False
     beta: float = 0.1
 
     def __post_init__(self) -> None:
@@ -37,9 +38,12 @@ class NegativePreferenceOptimization(UnlearningMethod):
     def normalizer(self, batch):
         return sequences_with_targets(batch).sum()
 
-    def loss_sum(self, logits, batch, teacher_logits=None):
-        if teacher_logits is None:
-            raise ValueError("npo needs the original model's logits")
-        ratio = sequence_log_likelihoods(logits, batch) - sequence_log_likelihoods(teacher_logits, batch)
+    def token_target(self, targets, teacher_logits=None, overwrite=False):
+        return SoftTarget(sign=-1.0)  # log π(x_t | x_<t)
+
+    def loss_from_terms(self, terms, batch, teacher_terms=None):
+        if teacher_terms is None:
+            raise ValueError("npo needs the original model's log-likelihoods")
+        ratio = weighted_sequence_sums(terms, batch) - weighted_sequence_sums(teacher_terms, batch)
         losses = -(2 / self.beta) * F.logsigmoid(-self.beta * ratio)
         return losses[sequences_with_targets(batch)].sum()

@@ -16,13 +16,14 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .base import UnlearningMethod, register
-from .likelihood import sequence_log_likelihoods, sequences_with_targets
+from .likelihood import SoftTarget, sequences_with_targets, weighted_sequence_sums
 
 
 @register
 @dataclass
 class SimNPO(UnlearningMethod):
     name = "simnpo"
+    linear_in_terms = False
     beta: float = 2.5
     margin: float = 0.0
 
@@ -35,10 +36,13 @@ class SimNPO(UnlearningMethod):
     def normalizer(self, batch):
         return sequences_with_targets(batch).sum()
 
-    def loss_sum(self, logits, batch, teacher_logits=None):
+    def token_target(self, targets, teacher_logits=None, overwrite=False):
+        return SoftTarget(sign=-1.0)  # log π(x_t | x_<t)
+
+    def loss_from_terms(self, terms, batch, teacher_terms=None):
         has_targets = sequences_with_targets(batch)
         # Sequences without targets get length 1 here; they are dropped below.
         lengths = batch["loss_weights"][:, 1:].sum(-1).clamp(min=1e-12)
-        average = sequence_log_likelihoods(logits, batch) / lengths
+        average = weighted_sequence_sums(terms, batch) / lengths
         losses = -(2 / self.beta) * F.logsigmoid(-self.beta * average - self.margin)
         return losses[has_targets].sum()

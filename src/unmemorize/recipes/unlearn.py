@@ -43,9 +43,10 @@ from ..training.components import (
     FinalWeights, RetainStream, Teacher, add_lora, attention_projections, forget_loader, frozen_copy,
     lr_factor, make_optimizer, needs_teacher,
 )
+from ..training.loss import OutputHead, head_matches, output_head
 from ..training.loop import Checkpointer, DivergenceGuard, Loop, TrainState, train
 from ..training.outputs import output_paths, save_model_directory
-from ..training.step import StepParts
+from ..training.step import StepParts, autocast_dtype
 
 SAMPLES_FILE = "samples.json"
 MODEL_CARD = "README.md"
@@ -246,7 +247,8 @@ def _loop(run: _Run, state: TrainState, saved: checkpoint.Checkpoint | None,
         optimizer.load_state_dict(saved.trainer["optimizer"])
         scheduler.load_state_dict(saved.trainer["scheduler"])
     parts = StepParts(model, teacher, run.method, optimizer, scheduler, accelerator, list(named.values()),
-                      config.retain_weight, config.max_grad_norm)
+                      config.retain_weight, config.max_grad_norm, _chunked_head(run, model),
+                      autocast_dtype(config.precision, accelerator.device))
     retain = RetainStream(data.retain, config.batch_size, config.seed, pad_id) if data.retain else None
 
     def save(state: TrainState) -> Path:
@@ -259,6 +261,17 @@ def _loop(run: _Run, state: TrainState, saved: checkpoint.Checkpoint | None,
     loop = Loop(parts, loader, retain, config.epochs, int(total_steps), config.max_steps, config.grad_accum,
                 _epoch_end(run, final, extra_stop), run.events, checkpointer, DivergenceGuard(named))
     return loop, final, teacher
+
+
+def _chunked_head(run: _Run, model: torch.nn.Module) -> OutputHead | None:
+    """The student's output layer for the chunked loss path, once checked on a few tokens to give
+    the model's own logits; None (full logits) otherwise."""
+    head = output_head(model)
+    sample = torch.tensor([run.data.sequences[run.data.trainable[0]][:16]], device=run.accelerator.device)
+    if head is None or not head_matches(model, head, sample):
+        run.events.message("the model's output layer is not a plain linear head: the loss uses full logits")
+        return None
+    return head
 
 
 def _epoch_end(run: _Run, final: FinalWeights, extra_stop) -> Callable[[TrainState], str | None]:

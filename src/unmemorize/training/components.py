@@ -75,6 +75,13 @@ class Teacher:
         with torch.no_grad(), self.network() as net:
             return net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
+    def hidden(self, batch: dict[str, torch.Tensor]):
+        """The teacher's output head and last hidden states [B, T, H] (the chunked loss path)."""
+        from .loss import final_hidden, output_head
+
+        with torch.no_grad(), self.network() as net:
+            return output_head(net), final_hidden(net, batch)[0]
+
 
 def needs_teacher(method: UnlearningMethod, has_retain: bool) -> bool:
     return method.needs_teacher or (has_retain and method.retain_needs_teacher)

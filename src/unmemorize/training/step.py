@@ -9,13 +9,14 @@ batch would."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
 from ..methods import UnlearningMethod
 from .components import Teacher
+from .loss import OutputHead, chunked_loss, final_hidden, objective
 
 
 @dataclass
@@ -31,6 +32,17 @@ class StepParts:
     parameters: list[torch.nn.Parameter]
     retain_weight: float
     max_grad_norm: float
+    # The student's output layer for the chunked loss path (None: the plain path, full logits).
+    head: OutputHead | None = None
+    # bfloat16 autocast of the forward passes (None: float32); the loss is float32 either way.
+    autocast: torch.dtype | None = None
+
+
+def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:
+    """bfloat16 for --precision bf16 (the default on a GPU), else None (float32)."""
+    if precision == "bf16" or (precision is None and device.type == "cuda"):
+        return torch.bfloat16
+    return None
 
 
 def _step_total(parts: StepParts, values: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -39,15 +51,32 @@ def _step_total(parts: StepParts, values: Iterable[torch.Tensor]) -> torch.Tenso
     return parts.accelerator.reduce(total, "sum")
 
 
-def _backward_term(parts: StepParts, batch: dict, loss_sum: Callable, needs_teacher: bool,
-                   norm: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+def _micro_batch_loss(parts: StepParts, batch: dict, retain: bool, scale: torch.Tensor) -> torch.Tensor:
+    """``scale`` × the method's loss sum on one micro-batch, by the chunked path when the
+    model's head allows it, else from full logits."""
+    method = parts.method
+    needs_teacher = method.retain_needs_teacher if retain else method.needs_teacher
+    device = batch["input_ids"].device.type
+    forward = torch.autocast(device, dtype=parts.autocast) if parts.autocast else contextlib.nullcontext()
+    if parts.head is not None:
+        with forward:
+            teacher = parts.teacher.hidden(batch) if needs_teacher else None
+            hidden, _ = final_hidden(parts.model, batch)
+        return chunked_loss(objective(method, retain), parts.head, hidden, batch, scale, teacher)
+    with forward:
+        target = parts.teacher.logits(batch) if needs_teacher else None
+        logits = parts.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss_sum = method.retain_loss_sum if retain else method.loss_sum
+    return loss_sum(logits, batch, target) * scale
+
+
+def _backward_term(parts: StepParts, batch: dict, retain: bool, norm: torch.Tensor,
+                   weight: float = 1.0) -> torch.Tensor:
     """Forward one micro-batch, backward its share of the step's loss; the share, detached."""
-    target = parts.teacher.logits(batch) if needs_teacher else None
-    logits = parts.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     # DDP averages gradients over processes; multiplying by their number turns the average
     # back into the sum that Σ w ℓ / Σ w over the whole step needs.
     processes = parts.accelerator.num_processes
-    loss = weight * loss_sum(logits, batch, target) / norm * processes
+    loss = _micro_batch_loss(parts, batch, retain, weight / norm * processes)
     parts.accelerator.backward(loss)
     return loss.detach() / processes
 
@@ -68,10 +97,9 @@ def optimizer_step(parts: StepParts, micro_batches: list[dict],
         if retain_batches:
             # Never synced itself: the forget term's last backward below syncs the whole step.
             with accelerator.no_sync(parts.model):
-                retain_loss += _backward_term(parts, retain_batches[index], method.retain_loss_sum,
-                                              method.retain_needs_teacher, retain_norm, parts.retain_weight)
+                retain_loss += _backward_term(parts, retain_batches[index], True, retain_norm, parts.retain_weight)
         with contextlib.nullcontext() if last else accelerator.no_sync(parts.model):
-            step_loss += _backward_term(parts, batch, method.loss_sum, method.needs_teacher, total_norm)
+            step_loss += _backward_term(parts, batch, False, total_norm)
     if parts.max_grad_norm > 0:
         accelerator.clip_grad_norm_(parts.parameters, parts.max_grad_norm)
     parts.optimizer.step()
