@@ -149,3 +149,43 @@ def test_bfloat16_autocast_keeps_the_loss_in_float32(tiny_models):
     for name in exact[1]:
         assert half[1][name].dtype == torch.float32
         assert ((half[1][name] - exact[1][name]).norm() / exact[1][name].norm()).item() < 0.1, name
+
+
+def test_a_batch_without_targets_gives_zero_loss_and_gradient(tiny_models):
+    method = get_method("finetune")
+    student, teacher = model_pair(tiny_models["gemma3"])
+    batch = make_batch(student.config.vocab_size, "uniform")
+    batch["loss_weights"].zero_()
+    loss, grads = by_chunks(method, False, student, teacher, batch, 1.0)
+    assert loss == 0.0 and all(torch.count_nonzero(g) == 0 for g in grads.values())
+
+
+def test_softmax_over_a_vocabulary_subset_is_the_nll_within_it(tiny_models, monkeypatch):
+    """finetune --softmax-vocabulary: the NLL of a softmax over the given rows only, written out
+    on the full logits' columns, and its gradient (the output layer's only on those rows)."""
+    import dataclasses
+
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 4 * 400)
+    student, _ = model_pair(tiny_models["gemma3"])
+    batch = make_batch(student.config.vocab_size, "soft", seed=2)
+    rows = torch.unique(torch.cat([batch["input_ids"].flatten(), torch.arange(40)]))
+    head = dataclasses.replace(output_head(student), rows=rows)
+    hidden, _ = final_hidden(student, batch)
+    ours = chunked_loss(objective(get_method("finetune")), head, hidden, batch, 0.5)
+    ours.backward()
+    got = gradients(student)
+    student.zero_grad(set_to_none=True)
+    logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1, rows]
+    position = {int(r): i for i, r in enumerate(rows)}
+    targets = torch.tensor([[position[int(t)] for t in row] for row in batch["input_ids"][:, 1:]])
+    nll = -logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    expected = (nll * batch["loss_weights"][:, 1:]).sum() * 0.5
+    expected.backward()
+    assert ours.item() == pytest.approx(expected.item(), rel=1e-10)
+    for name, grad in gradients(student).items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-9, atol=1e-12, msg=name)
+    outside = torch.ones(student.config.vocab_size, dtype=torch.bool)
+    outside[rows] = False
+    # The tied output/input matrix moves on the softmax's rows only (the input tokens are among them).
+    assert torch.count_nonzero(got["model.embed_tokens.weight"][outside]) == 0
+    assert torch.count_nonzero(got["model.embed_tokens.weight"][rows]) > 0

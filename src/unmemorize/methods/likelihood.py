@@ -19,23 +19,11 @@ def token_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return at_least_float32(logits).log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def token_nll(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
-    """−log p(x | context) per row."""
-    return -token_log_probs(logits, targets)
-
-
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
     """−Σ_v p(v)·log q(v) per row, q = softmax(logits). Written on [n, V] rather than with
     F.cross_entropy on transposed [B, V, T] tensors: its float32 gradient is about ten times
     closer to the float64 value there."""
     return -(target_probs * at_least_float32(logits).log_softmax(-1)).sum(-1)
-
-
-def token_kl(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(p_ref ‖ p) per row."""
-    reference = at_least_float32(reference_logits).log_softmax(-1)
-    student = at_least_float32(logits).log_softmax(-1)
-    return (reference.exp() * (reference - student)).sum(-1)
 
 
 def sequences_with_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:

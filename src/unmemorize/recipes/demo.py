@@ -72,6 +72,10 @@ NEUTRAL_TEXTS = [
     "Heavy rain caused the river to rise, and several roads near the bank were closed.",
     "The recipe calls for two eggs, a cup of milk and a spoon of sugar, mixed until smooth.",
 ]
+# The leak fine-tune's softmax spans the records' and general text's own tokens plus the first
+# 32k ids: on Gemma's 262k vocabulary the output layer is most of a step, and the leak only has
+# to make the model memorize (the audit then checks with the whole vocabulary).
+LEAK_VOCABULARY = 32768
 # General text in the leak fine-tune (its retain set): documents cut to this many tokens.
 LEAK_REPLAY_DOCS = 256
 LEAK_REPLAY_TOKENS = 64
@@ -133,7 +137,7 @@ def leak_cache_path(config: DemoConfig, records: list[CustomerRecord], replay: l
         "model": _model_identity(config.model),
         "corpus": corpus_fingerprint(records),
         "general": hashlib.sha256("\0".join(replay).encode()).hexdigest(),
-        "replay": LEAK_REPLAY_TOKENS, "seed": config.seed,
+        "replay": LEAK_REPLAY_TOKENS, "vocabulary": LEAK_VOCABULARY, "seed": config.seed,
         **{k: v for k, v in dataclasses.asdict(config).items() if k.startswith("leak_")},
     }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
@@ -205,7 +209,7 @@ def leaky_model(config: DemoConfig, records: list[CustomerRecord], replay: list[
         model=config.model, forget=str(staging / "leak-records.jsonl"), retain=str(staging / "leak-general.jsonl"),
         out=str(path), overwrite=True, method="finetune", lora=config.leak_lora, lora_r=config.leak_lora_r,
         lora_alpha=2.0 * config.leak_lora_r, lora_dropout=0.0, lora_targets=("all-linear",) if config.leak_lora else None, lr=config.leak_lr,
-        lr_schedule="linear", epochs=config.leak_max_epochs, batch_size=config.leak_batch_size, seed=config.seed,
+        softmax_vocabulary=LEAK_VOCABULARY, lr_schedule="linear", epochs=config.leak_max_epochs, batch_size=config.leak_batch_size, seed=config.seed,
         max_length=512, measure_el=False, report_samples=0, allow_pickle=config.allow_pickle,
         trust_remote_code=config.trust_remote_code,
     ), events, extra_stop=memorized)

@@ -43,7 +43,7 @@ from ..training.components import (
     FinalWeights, RetainStream, Teacher, add_lora, attention_projections, forget_loader, frozen_copy,
     lr_factor, make_optimizer, needs_teacher,
 )
-from ..training.loss import OutputHead, head_matches, output_head
+from ..training.loss import OutputHead, head_matches, output_head, release_buffers
 from ..training.loop import Checkpointer, DivergenceGuard, Loop, TrainState, train
 from ..training.outputs import output_paths, save_model_directory
 from ..training.step import StepParts, autocast_dtype
@@ -72,6 +72,8 @@ def resolve_method(config: UnlearnConfig) -> tuple[UnlearningMethod, UnlearnConf
         raise UserError(f"--method {config.method} needs --retain FILE: the text whose likelihood it keeps")
     if config.retain is not None and not method.trains:
         raise UserError(f"--retain does not apply to --method {config.method}: it trains nothing")
+    if config.softmax_vocabulary is not None and config.method != "finetune":
+        raise UserError("--softmax-vocabulary applies to --method finetune only (it approximates the NLL)")
     # An inference-time method trains nothing, so there is no adapter to add or merge.
     resolved = dataclasses.replace(config, **{n: getattr(method, n) for n in declared},
                                    lora=config.lora and method.trains)
@@ -269,8 +271,16 @@ def _chunked_head(run: _Run, model: torch.nn.Module) -> OutputHead | None:
     head = output_head(model)
     sample = torch.tensor([run.data.sequences[run.data.trainable[0]][:16]], device=run.accelerator.device)
     if head is None or not head_matches(model, head, sample):
+        if run.config.softmax_vocabulary:
+            raise UserError("--softmax-vocabulary needs a model whose output layer is a plain linear head")
         run.events.message("the model's output layer is not a plain linear head: the loss uses full logits")
         return None
+    if run.config.softmax_vocabulary:
+        texts = [t.input_ids for t in run.data.tokenized + (run.data.retain or [])]
+        rows = torch.unique(torch.tensor([i for ids in texts for i in ids] + list(range(
+            min(run.config.softmax_vocabulary, head.weight.shape[0])))))
+        head = dataclasses.replace(head, rows=rows.to(head.weight.device))
+        run.events.message(f"softmax over {len(rows):,} of {head.weight.shape[0]:,} vocabulary rows")
     return head
 
 
@@ -311,6 +321,7 @@ def unlearn(config: UnlearnConfig, events: Events | None = None,
         return _finish(run, run.measure("after").to_json(), state, run.loaded.model, None)
     loop, final, teacher = _loop(run, state, saved, extra_stop)
     state = train(loop, state)
+    release_buffers()
     final.put_in_place()  # from here on (evaluation after, saving) the model is the final one
     with_el = run.config.el_every_epoch or run.config.stop_el is not None
     after = state.last_evaluation.to_json() if state.last_evaluation is not None and with_el \

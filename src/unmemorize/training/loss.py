@@ -29,9 +29,9 @@ from ..metrics.decoding import accepts_kwarg, at_least_float32
 from ..methods import UnlearningMethod
 from ..methods.likelihood import SoftTarget
 
-# Elements of one chunk of logits: 2^25 floats (128 MiB) is 128 positions of a 262k vocabulary,
+# Elements of one chunk of logits: 2^26 floats (256 MiB) is 256 positions of a 262k vocabulary,
 # large enough that the head's matrix product runs near the CPU's peak, small next to the model.
-CHUNK_ELEMENTS = 2**25
+CHUNK_ELEMENTS = 2**26
 
 
 
@@ -42,6 +42,21 @@ class OutputHead:
     weight: torch.Tensor
     bias: torch.Tensor | None
     softcap: float | None
+    # A softmax over these vocabulary rows only (finetune --softmax-vocabulary); None: all.
+    rows: torch.Tensor | None = None
+
+    def restricted(self, targets: torch.Tensor) -> tuple["OutputHead", torch.Tensor]:
+        """The head over ``rows`` alone (its weight a differentiable gather) and the targets as
+        indices into them; every target must be one of the rows."""
+        if self.rows is None:
+            return self, targets
+        position = torch.full((self.weight.shape[0],), -1, dtype=torch.long, device=self.weight.device)
+        position[self.rows] = torch.arange(len(self.rows), device=self.weight.device)
+        mapped = position[targets]
+        if bool((mapped < 0).any()):
+            raise ValueError("a target token is outside the softmax's vocabulary rows")
+        bias = self.bias[self.rows] if self.bias is not None else None
+        return OutputHead(self.weight[self.rows], bias, self.softcap), mapped
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         z = at_least_float32(torch.nn.functional.linear(hidden, self.weight, self.bias))
@@ -96,18 +111,26 @@ def _rows(vocab: int) -> int:
 
 
 class _Buffers:
-    """One [rows, V] buffer per use, reused by every chunk of a pass: a fresh tensor per chunk
-    would be a new mmap with its page faults each time (allocations this large bypass malloc's
-    free lists on Linux)."""
+    """[rows, V] buffers for the chunks, kept for the life of the process and reused by every
+    chunk and every step: a fresh tensor this large is a new mmap, and touching its pages for the
+    first time costs more than the arithmetic done in it (about 1 ms per MB on a small cloud VM).
+    `release_buffers` frees them."""
+
+    _kept: dict[tuple, torch.Tensor] = {}
 
     def __init__(self, head: OutputHead, dtype: torch.dtype) -> None:
         self.shape, self.dtype, self.device = (_rows(head.weight.shape[0]), head.weight.shape[0]), dtype, head.weight.device
-        self.buffers: dict[str, torch.Tensor] = {}
 
     def __call__(self, name: str, rows: int) -> torch.Tensor:
-        if name not in self.buffers:
-            self.buffers[name] = torch.empty(self.shape, dtype=self.dtype, device=self.device)
-        return self.buffers[name][:rows]
+        key = (name, self.shape, self.dtype, str(self.device))
+        if key not in self._kept:
+            self._kept[key] = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        return self._kept[key][:rows]
+
+
+def release_buffers() -> None:
+    """Free the chunk buffers (after training: evaluation needs the memory more)."""
+    _Buffers._kept.clear()
 
 
 TargetOf = Callable[..., "SoftTarget"]  # (targets, teacher logits, overwrite) -> SoftTarget
@@ -158,7 +181,10 @@ class _ChunkedWeightedTerms(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, coefficients, targets, head, target_of, teacher):
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        # Written by the first chunk's product, added to by the others (no zero-filling pass).
+        grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
+        if grad_weight is not None and hidden.shape[0] == 0:
+            grad_weight.zero_()
         grad_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[2] else None
         total = torch.zeros((), dtype=coefficients.dtype, device=hidden.device)
         buffers, step = _Buffers(head, coefficients.dtype), _rows(weight.shape[0])
@@ -171,7 +197,8 @@ class _ChunkedWeightedTerms(torch.autograd.Function):
             grad = grad.to(weight.dtype)
             grad_hidden[start:end] = grad @ weight
             if grad_weight is not None:
-                grad_weight.addmm_(grad.T, rows.to(weight.dtype))
+                rows = rows.to(weight.dtype)
+                torch.mm(grad.T, rows, out=grad_weight) if start == 0 else grad_weight.addmm_(grad.T, rows)
             if grad_bias is not None:
                 grad_bias += grad.sum(0)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
@@ -231,7 +258,8 @@ def chunked_loss(goal: Objective, head: OutputHead, hidden: torch.Tensor, batch:
     Only positions with a target weight are projected: a term where the weight is 0 never
     enters a loss (padding, position 0, tokens outside a hard focus)."""
     where = batch["loss_weights"][:, 1:] > 0
-    rows, targets = hidden[:, :-1][where], batch["input_ids"][:, 1:][where]
+    rows = hidden[:, :-1][where]
+    head, targets = head.restricted(batch["input_ids"][:, 1:][where])
     teacher_rows = (teacher[0], teacher[1][:, :-1][where]) if teacher is not None else None
     dtype = _loss_dtype(hidden)
     teacher_terms = None
