@@ -223,14 +223,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_models, f
     from unmemorize.methods.di import DeliberateImagination
 
     calls = {"n": 0}
-    original = DeliberateImagination.token_terms
+    original = DeliberateImagination.token_target
 
-    def nan_at_step_3(self, logits, targets, teacher_logits=None):  # one call a step: one micro-batch
+    def nan_at_step_3(self, targets, teacher_logits=None, overwrite=False):  # one call a step: one micro-batch
         calls["n"] += 1
-        terms = original(self, logits, targets, teacher_logits)
-        return terms * float("nan") if calls["n"] == 3 else terms
+        target = original(self, targets, teacher_logits, overwrite)
+        if calls["n"] == 3:
+            target.constant = torch.full(targets.shape, float("nan"))
+        return target
 
-    monkeypatch.setattr(DeliberateImagination, "token_terms", nan_at_step_3)
+    monkeypatch.setattr(DeliberateImagination, "token_target", nan_at_step_3)
     out = tmp_path / "run"
     code = cli_code(["unlearn", "--model", str(tiny_models["llama"]), "--forget", str(forget_file),
                      "--batch-size", "4", "--epochs", "5", "--lr", "0.01", "--el-n", "2",

@@ -23,6 +23,8 @@ def progress_bar(description: str) -> Callable[[int, int], None]:
     state: dict = {}
 
     def update(done: int, total: int) -> None:
+        if total <= 0:  # nothing to do (e.g. MA alone: no EL decoding)
+            return
         if not err.is_terminal:
             if done == 0 or done >= total:
                 err.print(f"{description}: {done}/{total}", markup=False, highlight=False)
