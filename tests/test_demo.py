@@ -241,3 +241,34 @@ def test_demo_on_gemma_removes_the_forgotten_pii(tmp_path):
     # Targeted: most of the kept customers' PII still comes back.
     assert s["kept_pii_leaked_after"] >= s["kept_pii_leaked_before"] // 2
     print(f"demo on gemma-3-270m: {elapsed:.0f} s; steps {result['timings_s']}; summary {s}")
+
+
+def test_pii_memorized_counts_values_whose_every_token_is_predicted(learnable_model, tmp_path):
+    """The leak's stop measure, against the same count from full teacher-forced logits, on a
+    model fine-tuned on the records until it predicts some of their values."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unmemorize.config import UnlearnConfig
+    from unmemorize.data import tokenize_examples
+    from unmemorize.focus import tokens_in_focus
+    from unmemorize.recipes.unlearn import unlearn
+
+    records = customer_records(3, seed=4)
+    write_jsonl(records, tmp_path / "records.jsonl")
+    unlearn(UnlearnConfig(model=str(learnable_model), forget=str(tmp_path / "records.jsonl"), method="finetune",
+                          lora=False, lr=0.01, epochs=40, batch_size=1, max_length=512, measure_el=False,
+                          out=str(tmp_path / "leaky")))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "leaky")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "leaky").eval()
+    expected, total = 0, 0
+    for record in records:
+        item = tokenize_examples([record.example()], tokenizer, max_length=512)[0]
+        with torch.no_grad():
+            predicted = model(input_ids=torch.tensor([item.input_ids])).logits[0].argmax(-1).tolist()
+        for pii in record.extractable():
+            inside = [t for t, flag in enumerate(tokens_in_focus(item.offsets, [(pii.start, pii.end)])) if flag and t > 0]
+            expected += all(predicted[t - 1] == item.input_ids[t] for t in inside)
+            total += 1
+    assert 0 < expected < total
+    assert demo.pii_memorized(model, tokenizer, records) == pytest.approx(expected / total)

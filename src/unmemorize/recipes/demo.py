@@ -40,7 +40,7 @@ from ..data import Example, load_examples, tokenize_examples
 from ..errors import UserError
 from ..events import Events
 from ..focus import tokens_in_focus
-from ..metrics.decoding import choose_argmax, decode, evaluating, teacher_forced_logits, token_counter
+from ..metrics.decoding import choose_argmax, decode, evaluating, right_padded, token_counter
 from ..metrics.memorization import memorization
 from ..paths import cache_dir, data_path, publish_directory, staging_directory
 from ..synthetic import CustomerRecord, corpus_fingerprint, customer_records, write_jsonl
@@ -158,15 +158,23 @@ def _value_token_positions(records: list[CustomerRecord], tokenized) -> list[lis
 
 def pii_memorized(model: torch.nn.Module, tokenizer, records: list[CustomerRecord]) -> float:
     """The share of the records' PII values whose every token the model predicts greedily under
-    teacher forcing: what the leak fine-tune aims at."""
+    teacher forcing: what the leak fine-tune aims at. The output layer runs at the PII tokens'
+    positions only (a third of a record's), where the argmax over the whole vocabulary is taken."""
+    from ..training.loss import final_hidden, output_head
+
     tokenized = tokenize_examples([r.example() for r in records], tokenizer, max_length=512)
     positions = _value_token_positions(records, tokenized)
+    pad = tokenizer.pad_token_id
+    ids, mask = right_padded([t.input_ids for t in tokenized], pad)
+    device = next(model.parameters()).device
     with evaluating(model):
-        logits = teacher_forced_logits(model, [t.input_ids for t in tokenized],
-                                       pad_token_id=tokenizer.pad_token_id, device=next(model.parameters()).device)
-        hits = logits.argmax(-1).cpu()[:, :-1] == torch.nn.utils.rnn.pad_sequence(
-            [torch.tensor(t.input_ids[1:]) for t in tokenized], batch_first=True, padding_value=-1)
-    memorized = sum(all(hits[row, t - 1] for t in value) for row, values in enumerate(positions) for value in values)
+        hidden, _ = final_hidden(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)})
+        head = output_head(model)
+        where = [(row, t) for row, values in enumerate(positions) for value in values for t in value]
+        rows = hidden[[r for r, _ in where], [t - 1 for _, t in where]]  # position t−1 predicts token t
+        logits = head.logits(rows) if head is not None else model.get_output_embeddings()(rows)
+        hit = dict(zip(where, (logits.argmax(-1).cpu() == ids[[r for r, _ in where], [t for _, t in where]]).tolist()))
+    memorized = sum(all(hit[(row, t)] for t in value) for row, values in enumerate(positions) for value in values)
     return memorized / sum(len(v) for v in positions)
 
 
@@ -200,10 +208,10 @@ def leaky_model(config: DemoConfig, records: list[CustomerRecord], replay: list[
     (staging / "leak-general.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in general))
     tokenizer = load_tokenizer(config.model)
 
-    def memorized(network: torch.nn.Module) -> str | None:
+    def memorized(network: torch.nn.Module) -> tuple[dict[str, float], str | None]:
         share = pii_memorized(network, tokenizer, records)
         events.message(f"leak: {share:.0%} of the records' PII values memorized (teacher-forced)")
-        return "PII memorized" if share >= config.leak_target else None
+        return {"pii_memorized": share}, "PII memorized" if share >= config.leak_target else None
 
     metrics = unlearn(UnlearnConfig(
         model=config.model, forget=str(staging / "leak-records.jsonl"), retain=str(staging / "leak-general.jsonl"),
@@ -212,7 +220,7 @@ def leaky_model(config: DemoConfig, records: list[CustomerRecord], replay: list[
         softmax_vocabulary=LEAK_VOCABULARY, lr_schedule="linear", epochs=config.leak_max_epochs, batch_size=config.leak_batch_size, seed=config.seed,
         max_length=512, measure_el=False, report_samples=0, allow_pickle=config.allow_pickle,
         trust_remote_code=config.trust_remote_code,
-    ), events, extra_stop=memorized)
+    ), events, epoch_check=memorized)
     for name in ("leak-records.jsonl", "leak-general.jsonl"):
         (staging / name).unlink()
     marker = {"model": config.model, "epochs": len(metrics["epochs"]), "steps": len(metrics["steps"]),

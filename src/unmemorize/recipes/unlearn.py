@@ -223,7 +223,7 @@ def _student_and_teacher(run: _Run) -> Teacher | None:
 
 
 def _loop(run: _Run, state: TrainState, saved: checkpoint.Checkpoint | None,
-          extra_stop: Callable[[torch.nn.Module], str | None] | None) -> tuple[Loop, FinalWeights, Teacher | None]:
+          epoch_check: EpochCheck | None) -> tuple[Loop, FinalWeights, Teacher | None]:
     config, accelerator, data = run.config, run.accelerator, run.data
     teacher = _student_and_teacher(run)
     config = run.config
@@ -261,7 +261,7 @@ def _loop(run: _Run, state: TrainState, saved: checkpoint.Checkpoint | None,
     checkpointer = Checkpointer(run.checkpoint_dir, config.checkpoint_every,
                                 save if run.checkpoint_dir is not None and accelerator.is_main_process else None, newest)
     loop = Loop(parts, loader, retain, config.epochs, int(total_steps), config.max_steps, config.grad_accum,
-                _epoch_end(run, final, extra_stop), run.events, checkpointer, DivergenceGuard(named))
+                _epoch_end(run, final, epoch_check), run.events, checkpointer, DivergenceGuard(named))
     return loop, final, teacher
 
 
@@ -284,31 +284,37 @@ def _chunked_head(run: _Run, model: torch.nn.Module) -> OutputHead | None:
     return head
 
 
-def _epoch_end(run: _Run, final: FinalWeights, extra_stop) -> Callable[[TrainState], str | None]:
-    """Memorization after each epoch (on the final weights) and the stop rule."""
+EpochCheck = Callable[[torch.nn.Module], tuple[dict[str, float], str | None]]
+
+
+def _epoch_end(run: _Run, final: FinalWeights, epoch_check: EpochCheck | None) -> Callable[[TrainState], str | None]:
+    """Memorization after each epoch (on the final weights) and the stop rule; or the caller's
+    own measurement and rule."""
     config = run.config
     with_el = config.el_every_epoch or config.stop_el is not None
 
     def on_epoch_end(state: TrainState) -> str | None:
         with final.in_place():
-            result = run.measure(f"epoch {state.epoch}", with_el=with_el)
-            state.last_evaluation = result
-            network = run.accelerator.unwrap_model(run.loaded.model)
-            extra = extra_stop(network) if extra_stop is not None else None
-        state.history.append({"epoch": state.epoch, "step": state.step, **result.means()})
-        if thresholds_reached(result.means(), run.config, run.method.lowers_memorization):
-            return "memorization below --stop-ma/--stop-el" if run.method.lowers_memorization \
-                else "memorization reached --stop-ma/--stop-el"
-        return extra
+            if epoch_check is not None:
+                means, reason = epoch_check(run.accelerator.unwrap_model(run.loaded.model))
+            else:
+                result = run.measure(f"epoch {state.epoch}", with_el=with_el)
+                state.last_evaluation, means = result, result.means()
+                reason = None
+                if thresholds_reached(means, run.config, run.method.lowers_memorization):
+                    reason = "memorization below --stop-ma/--stop-el" if run.method.lowers_memorization \
+                        else "memorization reached --stop-ma/--stop-el"
+        state.history.append({"epoch": state.epoch, "step": state.step, **means})
+        return reason
 
     return on_epoch_end
 
 
-def unlearn(config: UnlearnConfig, events: Events | None = None,
-            extra_stop: Callable[[torch.nn.Module], str | None] | None = None) -> dict:
+def unlearn(config: UnlearnConfig, events: Events | None = None, epoch_check: EpochCheck | None = None) -> dict:
     """Run unlearning as configured; returns the metrics that are also written to ``--out``.
-    ``extra_stop(network)``, called after each epoch's evaluation, may return a reason to stop
-    besides the memorization thresholds (the demo stops its leak once the PII is memorized)."""
+    ``epoch_check(network) -> (means, reason to stop or None)`` replaces the memorization
+    measurement and stop rule after each epoch (the demo's leak measures how much of the records'
+    PII the model predicts instead, and stops once it is all memorized)."""
     events = events or Events()
     if config.forget is None:
         raise UserError("no --forget file given: pass the texts to forget")
@@ -319,7 +325,7 @@ def unlearn(config: UnlearnConfig, events: Events | None = None,
         run.method.wrap(run.loaded.model)
         state.stopped_because = "inference-time method (no training)"
         return _finish(run, run.measure("after").to_json(), state, run.loaded.model, None)
-    loop, final, teacher = _loop(run, state, saved, extra_stop)
+    loop, final, teacher = _loop(run, state, saved, epoch_check)
     state = train(loop, state)
     release_buffers()
     final.put_in_place()  # from here on (evaluation after, saving) the model is the final one
