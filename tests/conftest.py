@@ -119,12 +119,14 @@ def make_model_dir(directory: Path, arch: str, seed: int = 0, add_bos: bool = Tr
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread(request):
+def _one_torch_thread(request, monkeypatch):
     """Tiny models run fastest on one thread: a second thread's synchronization costs more than
-    it saves on 32-wide layers, many times over on a busy machine. Real-model tests keep all."""
+    it saves on 32-wide layers, many times over on a busy machine. Real-model tests keep all.
+    The variable makes commands run in this process choose one thread too."""
     if request.node.get_closest_marker("slow"):
         yield
         return
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -154,3 +156,13 @@ def shared_data() -> Path:
     if root is None or not root.is_dir():
         pytest.skip("shared data not found: set UNMEMORIZE_DATA or place it at ../shared/data")
     return root
+
+
+def naive_greedy(model, prefix: list[int], length: int) -> list[int]:
+    """Greedy continuation by one unbatched full forward per token, no cache: the plain way
+    the fast decoding paths are checked against."""
+    ids = list(prefix)
+    with torch.inference_mode():
+        for _ in range(length):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prefix) :]

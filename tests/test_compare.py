@@ -251,3 +251,17 @@ def test_trade_off_labels_move_apart_for_runs_that_land_together():
     # A run just right of another: the first one's label goes to its left, off the neighbour.
     beside = label_offsets([(0.0, 0.0), (0.02, 0.02), (1.0, 1.0)])
     assert beside[0][1] == "right"
+
+
+def test_finished_results_answer_a_request_with_newer_options_at_their_defaults():
+    from unmemorize.recipes.compare import same_request
+
+    wanted = {"unlearn": {"lr": 0.001, "lr_schedule": "constant", "el_batch_size": 128},
+              "eval": {"nlu_limit": 20, "split": "lines"}}
+    older = {"unlearn": {"lr": 0.001, "el_batch_size": 64}, "eval": {"nlu_limit": 20}}
+    # lr_schedule and split are newer than the results: they had the defaults; batch sizes only
+    # change the speed.
+    assert same_request(older, wanted)
+    assert not same_request(older, {**wanted, "unlearn": {**wanted["unlearn"], "lr_schedule": "linear"}})
+    assert not same_request(older, {**wanted, "eval": {"nlu_limit": 100, "split": "lines"}})
+    assert not same_request({"unlearn": older["unlearn"]}, wanted)

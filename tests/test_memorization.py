@@ -20,7 +20,7 @@ from unmemorize.metrics import (
     token_accuracy,
 )
 
-from conftest import ARCHITECTURES
+from conftest import ARCHITECTURES, naive_greedy
 
 NS = (2, 3)
 LENGTHS = (2, 4, 9, 21, 26)  # 21 and 26 exceed the tiny models' sliding window of 16
@@ -64,13 +64,6 @@ def bigram_model(table: dict[int, int], unknown: int, vocab_size: int) -> Lookup
 def naive_ma(model, seq: list[int]) -> float:
     predicted = model(torch.tensor([seq])).logits[0].argmax(-1).tolist()
     return sum(predicted[t - 1] == seq[t] for t in range(1, len(seq))) / (len(seq) - 1)
-
-
-def naive_greedy(model, prefix: list[int], length: int) -> list[int]:
-    ids = list(prefix)
-    for _ in range(length):
-        ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[len(prefix) :]
 
 
 def naive_overlap(generated: list[int], reference: list[int], n: int) -> float:

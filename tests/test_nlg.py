@@ -271,4 +271,6 @@ def test_evaluate_nlg_on_gemma(shared_data, encoder):
     for key in (*scores, "gen_ppl", "heldout_ppl"):
         assert math.isfinite(metrics[key]), key
     assert 5 < metrics["heldout_ppl"] < 200
-    assert 0 <= metrics["mauve"] <= 1 and 0 <= metrics["diversity"] <= 1
+    # Diversity is the product of (1 − rep-n), n = 2..4 (SimCTG's definition).
+    expected = (1 - metrics["rep_2"]) * (1 - metrics["rep_3"]) * (1 - metrics["rep_4"])
+    assert metrics["diversity"] == pytest.approx(expected)

@@ -200,7 +200,11 @@ def test_lambada_exact_match_and_perplexity(float64_models, arch):
     metrics = score_task(loaded.model, loaded.tokenizer, "lambada", [hit_instance, miss_instance])
     assert metrics["acc"] == 0.5
     mean_logprob = (expected[0][0] + expected[1][0]) / 2
-    assert metrics["perplexity"] == pytest.approx(math.exp(-mean_logprob), rel=1e-9)
+    # GPT-Neo computes attention scores in float32 even in a float64 model, so its log-probs
+    # move by ~1e-8 with the batch shape (here a context pass, then the continuation from its
+    # cache); exp() of a mean log-prob of ~-50 turns that into ~1e-7 relative.
+    rel = 1e-6 if arch == "gpt_neo" else 1e-9
+    assert metrics["perplexity"] == pytest.approx(math.exp(-mean_logprob), rel=rel)
     assert score_task(loaded.model, loaded.tokenizer, "lambada", [hit_instance])["acc"] == 1.0
     assert score_task(loaded.model, loaded.tokenizer, "lambada", [miss_instance])["acc"] == 0.0
 
@@ -238,6 +242,24 @@ def small_nlu_dir(directory: Path) -> Path:
     return directory
 
 
+def naive_accuracy(loaded, task: str, directory: Path) -> float:
+    """acc written out: each (context, choice) pair alone through the model, the choice's summed
+    log-probability, the argmax against gold."""
+    instances = nlu.load_task(task, directory)
+    correct = 0
+    for instance in instances:
+        scores = []
+        pairs = [instance.option(i) for i in range(instance.n_options)]
+        for context, continuation in encode_pairs(loaded.tokenizer, pairs):
+            ids = torch.tensor([context + continuation])
+            with torch.no_grad():
+                logp = loaded.model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+            positions = range(len(context) - 1, len(context) + len(continuation) - 1)
+            scores.append(sum(float(logp[t, ids[0, t + 1]]) for t in positions))
+        correct += max(range(len(scores)), key=scores.__getitem__) == instance.gold
+    return correct / len(instances)
+
+
 def test_evaluate_nlu_reports_each_task_and_the_paper_average(float64_models, tmp_path):
     loaded = float64_models["gpt_neo"]
     calls = []
@@ -249,7 +271,7 @@ def test_evaluate_nlu_reports_each_task_and_the_paper_average(float64_models, tm
     assert results["copa"]["n"] == 3 and results["piqa"]["n"] == 2 and results["winogrande"]["n"] == 1
     for name in ("copa", "piqa"):
         assert set(results[name]) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}
-        assert 0.0 <= results[name]["acc"] <= 1.0
+        assert results[name]["acc"] == pytest.approx(naive_accuracy(loaded, name, tmp_path))
     headline = [results["piqa"]["acc_norm"], results["copa"]["acc"], results["winogrande"]["acc"]]
     assert results["paper_avg"]["acc"] == pytest.approx(sum(headline) / 3)
     assert results["paper_avg"]["tasks"] == ["piqa", "copa", "winogrande"]
@@ -357,7 +379,6 @@ def test_gemma_270m_on_piqa_and_copa(shared_data):
     print(f"gemma-3-270m piqa+copa limit=20: {elapsed:.1f}s {results}")
     for name in ("piqa", "copa"):
         assert results[name]["n"] == 20
-        assert 0.0 <= results[name]["acc"] <= 1.0 and 0.0 <= results[name]["acc_norm"] <= 1.0
     # Chance is 0.5. On this seeded 20, piqa gives acc 0.60 and acc_norm exactly 0.40 (8/20;
     # limit=100 gives 0.65 / 0.60), so the bound is inclusive; COPA (0.90 here) shows the
     # scoring is far from chance.

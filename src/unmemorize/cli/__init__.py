@@ -14,7 +14,7 @@ import click
 
 from ..config import (
     AuditConfig, CompareOptions, DemoConfig, EvalConfig, EvalOutputs, FollowUpEvaluation, ReportOptions,
-    UnlearnConfig,
+    RuntimeOptions, UnlearnConfig,
 )
 from ..errors import UserError
 from . import commands
@@ -73,6 +73,8 @@ def _click_command(spec: Command) -> click.Command:
     def callback(**values):
         ctx = click.get_current_context()
         configs, explicit = build_configs(ctx, spec.classes, values, values.get(YAML_OPTION))
+        if any(isinstance(config, RuntimeOptions) for config in configs):
+            _set_threads(next(c.threads for c in configs if isinstance(c, RuntimeOptions)))
         spec.handler(*configs, explicit)
 
     params = parameters(spec.classes)
@@ -85,6 +87,14 @@ def _click_command(spec: Command) -> click.Command:
 
 app = click.Group("unmemorize", help="Make a causal language model stop regurgitating memorized text, and measure it.",
                   commands=[_click_command(spec) for spec in COMMANDS])
+
+
+def _set_threads(requested: int | None) -> None:
+    import torch
+
+    from ..metrics.decoding import default_threads
+
+    torch.set_num_threads(requested or default_threads())
 
 
 def _quiet_libraries() -> None:

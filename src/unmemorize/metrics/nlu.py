@@ -41,7 +41,17 @@ from typing import Any
 import torch
 
 from unmemorize.errors import UserError
-from unmemorize.metrics.decoding import at_least_float32, evaluating, model_device, right_padded
+from unmemorize.metrics.decoding import (
+    ModelParts,
+    PrefixState,
+    at_least_float32,
+    cache_from_states,
+    evaluating,
+    forward_hidden,
+    model_device,
+    right_padded,
+    split_model,
+)
 from unmemorize.paths import data_path
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -429,44 +439,154 @@ def loglikelihoods(
     """Log p(continuation | context) for each pair, batched; the result is in input order and
     does not depend on ``batch_size`` beyond float rounding.
 
-    ``progress(done, total)`` counts model input sequences, which can be fewer than pairs:
-    pairs whose model input is identical (same context and a one-token continuation, as in
-    BoolQ/MathQA/PubMedQA, or repeated pairs) share one sequence.
+    Pairs with the same context share one pass over it (all choices of a multiple-choice
+    question; BoolQ/MathQA/PubMedQA's one-token choices need nothing more); the continuations
+    are then scored from its keys and values. ``progress(done, total)`` counts distinct
+    contexts (distinct model inputs for a model whose layout :func:`split_model` does not know).
     """
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
-    encoded = encode_pairs(tokenizer, pairs)
-    max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    encoded = _truncated(encode_pairs(tokenizer, pairs), model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    results: list[ContinuationScore | None] = [None] * len(encoded)
+    with evaluating(model):
+        parts = split_model(model)
+        if parts is not None:
+            _score_shared_contexts(parts, encoded, batch_size, pad_id, progress, results)
+        else:
+            _score_whole_inputs(model, encoded, batch_size, pad_id, progress, results)
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
 
-    # Model input = context + continuation without its last token; its last len(continuation)
-    # positions predict the continuation. Identical inputs are run once.
-    sequences: dict[tuple[int, ...], list[tuple[int, int, list[int]]]] = {}
-    for index, (context_ids, continuation_ids) in enumerate(encoded):
-        whole = context_ids + continuation_ids
-        if max_length and len(whole) > max_length + 1:
+
+def _truncated(encoded: list[tuple[list[int], list[int]]], model) -> list[tuple[list[int], list[int]]]:
+    """Pairs longer than the model's positions lose their oldest context tokens, as in lm-eval."""
+    max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not max_length:
+        return encoded
+    kept = []
+    for context_ids, continuation_ids in encoded:
+        if len(context_ids) + len(continuation_ids) > max_length + 1:
             if len(continuation_ids) > max_length:
                 raise UserError(
                     f"a continuation of {len(continuation_ids)} tokens exceeds the model's {max_length}"
                 )
-            whole = whole[-(max_length + 1) :]  # drop the oldest context tokens, as lm-eval does
-        model_input = tuple(whole[:-1])
+            whole = (context_ids + continuation_ids)[-(max_length + 1) :]
+            context_ids = whole[: len(whole) - len(continuation_ids)]
+        kept.append((context_ids, continuation_ids))
+    return kept
+
+
+def _score_shared_contexts(
+    parts: ModelParts, encoded, batch_size: int, pad_id: int, progress, results: list
+) -> None:
+    """Each distinct context runs once (``batch_size`` contexts per pass, longest first): its
+    last position scores every continuation's first token, and its keys and values are the
+    cache from which all continuations of more than one token are scored together.
+    ``progress(done, total)`` counts distinct contexts."""
+    groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+    for index, (context_ids, continuation_ids) in enumerate(encoded):
+        groups.setdefault(tuple(context_ids), []).append((index, continuation_ids))
+    contexts = sorted(groups, key=len, reverse=True)
+    done = 0
+    for chunk in _length_buckets(contexts, batch_size):
+        followed = [(row, index, continuation) for row, context in enumerate(chunk)
+                    for index, continuation in groups[context] if len(continuation) > 1]
+        hidden, states = forward_hidden(parts, chunk, pad_token_id=pad_id, keep_states=bool(followed))
+        owners, vectors, targets = [], [], []
+        for row, context in enumerate(chunk):
+            for index, continuation in groups[context]:
+                owners.append(index)
+                vectors.append(hidden[row, len(context) - 1])
+                targets.append(continuation[0])
+        del hidden
+        # Continuations are short: four times as many rows fit the same work as a context pass.
+        followed.sort(key=lambda item: len(item[2]), reverse=True)
+        for batch in _length_buckets(followed, 4 * batch_size, key=lambda item: len(item[2])):
+            continued = _continuation_hidden(
+                parts, [states[row] for row, _, _ in batch], [len(chunk[row]) for row, _, _ in batch],
+                [continuation[:-1] for _, _, continuation in batch], pad_id,
+            )
+            for k, (_, index, continuation) in enumerate(batch):
+                owners.extend([index] * (len(continuation) - 1))
+                vectors.extend(continued[k, : len(continuation) - 1])
+                targets.extend(continuation[1:])
+        _accumulate(parts, owners, torch.stack(vectors), targets, results)
+        done += len(chunk)
+        if progress is not None:
+            progress(done, len(contexts))
+
+
+# A batch takes sequences down to this fraction of its longest: padding costs attention over
+# the whole padded square (a mask rules out the causal kernel) and every layer's work.
+_BUCKET_SHARE = 0.75
+
+
+def _length_buckets(ordered: list, batch_size: int, key: Callable[[Any], int] = len) -> list[list]:
+    """Consecutive runs of ``ordered`` (longest ``key`` first): at most ``batch_size`` each,
+    and none shorter than _BUCKET_SHARE of its run's first."""
+    buckets: list[list] = []
+    for item in ordered:
+        if buckets and len(buckets[-1]) < batch_size and key(item) >= _BUCKET_SHARE * key(buckets[-1][0]):
+            buckets[-1].append(item)
+        else:
+            buckets.append([item])
+    return buckets
+
+
+def _continuation_hidden(
+    parts: ModelParts, states: list[PrefixState], context_lengths: list[int],
+    inputs: list[list[int]], pad_id: int,
+) -> torch.Tensor:
+    """Hidden states [rows, width, H] of ``inputs`` fed after each row's context keys and
+    values (left padded before the context, right padded after the input)."""
+    width = max(len(ids) for ids in inputs)
+    cache, context_mask = cache_from_states(states, context_lengths, width)
+    input_ids, input_mask = right_padded(inputs, pad_id)
+    positions = torch.tensor(context_lengths)[:, None] + torch.arange(width)[None, :]
+    mask = torch.cat([context_mask, input_mask], dim=1)
+    return parts.hidden(input_ids.to(parts.device), mask.to(parts.device), positions.to(parts.device), cache)
+
+
+def _accumulate(parts: ModelParts, owners: list[int], vectors: torch.Tensor, targets: list[int],
+                results: list) -> None:
+    """Sum each owner's token log-probabilities (and whether each token is the argmax) from the
+    hidden states that predict its tokens, 128 positions' logits at a time (the output
+    layer's fast sliced path; see :func:`unmemorize.metrics.decoding.ModelParts.logits`)."""
+    sums: dict[int, float] = {}
+    greedy: dict[int, bool] = {}
+    counts: dict[int, int] = {}
+    targets_t = torch.tensor(targets, device=vectors.device)
+    for start in range(0, len(owners), 128):
+        # log-softmax over 262k logits needs more than 8 mantissa bits
+        logits = at_least_float32(parts.logits(vectors[start : start + 128]))
+        wanted = targets_t[start : start + 128]
+        logprobs = logits.gather(1, wanted[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+        hits = logits.argmax(dim=-1) == wanted
+        for owner, logprob, hit in zip(owners[start : start + 128], logprobs.tolist(), hits.tolist()):
+            sums[owner] = sums.get(owner, 0.0) + logprob
+            greedy[owner] = greedy.get(owner, True) and bool(hit)
+            counts[owner] = counts.get(owner, 0) + 1
+    for owner in sums:
+        results[owner] = ContinuationScore(sums[owner], greedy[owner], counts[owner])
+
+
+def _score_whole_inputs(model, encoded, batch_size: int, pad_id: int, progress, results: list) -> None:
+    """For models :func:`split_model` does not know: one forward per distinct model input
+    (context + continuation without its last token), ``batch_size`` at a time, longest first
+    (little padding; an out-of-memory error shows up on the first batch)."""
+    sequences: dict[tuple[int, ...], list[tuple[int, int, list[int]]]] = {}
+    for index, (context_ids, continuation_ids) in enumerate(encoded):
+        model_input = tuple((context_ids + continuation_ids)[:-1])
         first_position = len(model_input) - len(continuation_ids)
         sequences.setdefault(model_input, []).append((index, first_position, continuation_ids))
-
-    # Longest first: similar lengths share a batch (little padding) and an out-of-memory
-    # error shows up on the first batch rather than at the end.
     ordered = sorted(sequences.items(), key=lambda item: -len(item[0]))
-    results: list[ContinuationScore | None] = [None] * len(encoded)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = model_device(model)
-    with evaluating(model):
-        for batch_start in range(0, len(ordered), batch_size):
-            batch = ordered[batch_start : batch_start + batch_size]
-            _score_batch(model, batch, pad_id, device, results)
-            if progress is not None:
-                progress(min(batch_start + batch_size, len(ordered)), len(ordered))
-    assert all(r is not None for r in results)
-    return results  # type: ignore[return-value]
+    for batch_start in range(0, len(ordered), batch_size):
+        batch = ordered[batch_start : batch_start + batch_size]
+        _score_batch(model, batch, pad_id, device, results)
+        if progress is not None:
+            progress(min(batch_start + batch_size, len(ordered)), len(ordered))
 
 
 def _score_batch(model, batch, pad_id: int, device: torch.device, results: list) -> None:

@@ -28,29 +28,39 @@ import torch
 
 from unmemorize.errors import UserError
 from unmemorize.metrics.decoding import (
+    ModelParts,
+    PrefixState,
     ProgressCallback,
     at_least_float32,
     check_positive,
     choose_argmax,
     decode,
+    decode_from_states,
     evaluating,
     model_device,
     nucleus_sample,
-    teacher_forced_logits,
+    prefix_states,
+    split_model,
     token_counter,
 )
 from unmemorize.metrics.memorization import (
+    MemorizationResult,
+    TeacherForced,
+    _accuracy,
     _check_ns,
     _check_sequences,
     _mean,
+    el_requests,
+    el_values,
+    first_mismatches,
+    greedy_continuations,
     ngram_overlap,
+    requested_tokens,
+    teacher_forced_pass,
 )
 
 MIA_METRICS = ("loss", "zlib", "min_k", "min_k_plus_plus")
 
-# Positions reduced over the full vocabulary at once in membership_scores: 64 x 262k floats is
-# about 67 MB per temporary for Gemma-3, whatever the batch size or sequence length.
-_VOCAB_CHUNK_POSITIONS = 64
 # A standard deviation below this is treated as this, so a one-hot or uniform next-token
 # distribution gives a finite Min-K%++ term instead of 0/0.
 _MIN_SIGMA = 1e-12
@@ -115,8 +125,20 @@ def extractable(
             )
             generated.update(zip(batch, continuations))
 
+    return _extraction_result(sequences, generated, suffixes, skipped, prefix_tokens, suffix_tokens)
+
+
+def _extraction_result(
+    sequences: list[list[int]],
+    generated: dict[int, list[int]],
+    suffixes: dict[int, list[int]],
+    skipped: list[int],
+    prefix_tokens: int,
+    suffix_tokens: int,
+) -> dict:
+    """The :func:`extractable` report from each scored sample's continuation."""
     samples = []
-    for i in scored:
+    for i in sorted(suffixes):
         matches = [g == s for g, s in zip(generated[i], suffixes[i])]
         samples.append(
             {
@@ -135,6 +157,43 @@ def extractable(
         "prefix_tokens": prefix_tokens,
         "suffix_tokens": suffix_tokens,
     }
+
+
+class ExtractionRequests:
+    """The extraction attack from a teacher-forced pass (see :func:`extractable`): where the
+    model predicts the true suffix its greedy continuation is that suffix, so only the
+    continuation from the first mispredicted position m >= prefix_tokens is generated (and
+    shared with EL's continuation of the same m)."""
+
+    def __init__(self, sequences, first_mismatch, prefix_tokens, suffix_tokens, requests):
+        check_positive("prefix_tokens", prefix_tokens)
+        check_positive("suffix_tokens", suffix_tokens)
+        self.sequences, self.prefix_tokens, self.suffix_tokens = sequences, prefix_tokens, suffix_tokens
+        self.skipped = [i for i, seq in enumerate(sequences) if len(seq) <= prefix_tokens]
+        self.suffixes = {
+            i: seq[prefix_tokens : prefix_tokens + suffix_tokens]
+            for i, seq in enumerate(sequences) if len(seq) > prefix_tokens
+        }
+        self.mismatch = {}
+        for i, suffix in self.suffixes.items():
+            m = first_mismatch[i][prefix_tokens]
+            if m is not None and m < prefix_tokens + len(suffix):
+                self.mismatch[i] = m
+                needed = prefix_tokens + len(suffix) - m
+                requests[(i, m)] = max(requests.get((i, m), 0), needed)
+
+    def result(self, continuations: dict[tuple[int, int], list[int]]) -> dict:
+        generated = {}
+        for i, suffix in self.suffixes.items():
+            m = self.mismatch.get(i)
+            if m is None:
+                generated[i] = list(suffix)
+            else:
+                end = self.prefix_tokens + len(suffix)
+                generated[i] = self.sequences[i][self.prefix_tokens : m] + continuations[(i, m)][: end - m]
+        return _extraction_result(
+            self.sequences, generated, self.suffixes, self.skipped, self.prefix_tokens, self.suffix_tokens
+        )
 
 
 def _leading_true(flags: list[bool]) -> int:
@@ -181,10 +240,48 @@ def membership_scores(
       cancel catastrophically in float32).
 
     One teacher-forced pass per batch of ``batch_size`` samples (right padding, so padding never
-    reaches a real token). The full-vocabulary quantities are reduced per position right away, a
-    few positions at a time, so no batch x T x vocab log-probabilities are kept.
+    reaches a real token; see :func:`unmemorize.metrics.memorization.teacher_forced_pass`). The
+    full-vocabulary quantities are reduced per position right away, a slice of positions at a
+    time, so no batch x T x vocab log-probabilities are kept.
     """
     sequences = _check_sequences(sequences)
+    texts = _check_texts(texts, sequences, k_percent)
+    check_positive("batch_size", batch_size)
+
+    with evaluating(model):
+        prepared = teacher_forced_pass(
+            model, sequences, batch_size=batch_size, pad_token_id=pad_token_id,
+            statistics=_position_statistics,
+        )
+    return membership_from(prepared, texts, k_percent)
+
+
+def membership_from(prepared: TeacherForced, texts: Sequence[str], k_percent: float) -> dict[str, list[float]]:
+    """The scores of :func:`membership_scores` from a teacher-forced pass that collected
+    :func:`_position_statistics`."""
+    scores: dict[str, list[float]] = {name: [] for name in MIA_METRICS}
+    for (token_log_probs, standardized), text in zip(prepared.statistics, texts):
+        for name, value in scores_from_statistics(token_log_probs, standardized, text, k_percent).items():
+            scores[name].append(value)
+    return scores
+
+
+def scores_from_statistics(
+    token_log_probs: torch.Tensor, standardized: torch.Tensor, text: str, k_percent: float
+) -> dict[str, float]:
+    """One sample's membership scores (see :func:`membership_scores`) from its l_t and z_t."""
+    mean_log_prob = token_log_probs.mean().item()
+    k = max(1, math.floor(len(token_log_probs) * k_percent / 100))
+    return {
+        "loss": mean_log_prob,
+        # The NLL is >= 0 and the compressed length >= 8 bytes, so the ratio is finite.
+        "zlib": mean_log_prob / len(zlib.compress(text.encode("utf-8"))),
+        "min_k": token_log_probs.sort().values[:k].mean().item(),
+        "min_k_plus_plus": standardized.sort().values[:k].mean().item(),
+    }
+
+
+def _check_texts(texts: Sequence[str], sequences: list[list[int]], k_percent: float) -> list[str]:
     texts = list(texts)
     if len(texts) != len(sequences):
         raise UserError(
@@ -192,21 +289,7 @@ def membership_scores(
             f"{len(sequences)} sequences"
         )
     _check_percent(k_percent)
-    check_positive("batch_size", batch_size)
-
-    scores: dict[str, list[float]] = {name: [0.0] * len(sequences) for name in MIA_METRICS}
-    with evaluating(model):
-        for i, token_log_probs, standardized in _token_statistics(
-            model, sequences, batch_size=batch_size, pad_token_id=pad_token_id
-        ):
-            mean_log_prob = token_log_probs.mean().item()
-            k = max(1, math.floor(len(token_log_probs) * k_percent / 100))
-            scores["loss"][i] = mean_log_prob
-            # The NLL is >= 0 and the compressed length >= 8 bytes, so the ratio is finite.
-            scores["zlib"][i] = mean_log_prob / len(zlib.compress(texts[i].encode("utf-8")))
-            scores["min_k"][i] = token_log_probs.sort().values[:k].mean().item()
-            scores["min_k_plus_plus"][i] = standardized.sort().values[:k].mean().item()
-    return scores
+    return texts
 
 
 def _check_percent(k_percent: float) -> None:
@@ -214,35 +297,6 @@ def _check_percent(k_percent: float) -> None:
         raise UserError(f"k_percent must be a number in (0, 100], got {k_percent!r}")
     if not 0 < k_percent <= 100:
         raise UserError(f"k_percent must be in (0, 100], got {k_percent!r}")
-
-
-def _token_statistics(
-    model: torch.nn.Module,
-    sequences: list[list[int]],
-    *,
-    batch_size: int,
-    pad_token_id: int,
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Yield (sample index, l_t, z_t) per sample, l_t and z_t as CPU float64 tensors of T-1."""
-    device = model_device(model)
-    # Similar lengths share a batch, so little compute goes to padding.
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        logits = teacher_forced_logits(
-            model, [sequences[i] for i in rows], pad_token_id=pad_token_id, device=device
-        )
-        for row, i in enumerate(rows):
-            # Logits at positions 0..T-2 predict targets x_1..x_{T-1}; later ones see padding.
-            targets = torch.tensor(sequences[i][1:], device=logits.device)
-            pieces = []
-            for chunk in range(0, len(targets), _VOCAB_CHUNK_POSITIONS):
-                end = min(chunk + _VOCAB_CHUNK_POSITIONS, len(targets))
-                pieces.append(_position_statistics(logits[row, chunk:end], targets[chunk:end]))
-            token_log_probs = torch.cat([piece[0] for piece in pieces])
-            standardized = torch.cat([piece[1] for piece in pieces])
-            yield i, token_log_probs, standardized
-        del logits
 
 
 def _position_statistics(
@@ -330,6 +384,14 @@ def mia_report(
     """
     forget = membership_scores(model, forget_sequences, forget_texts, **kw)
     reference = membership_scores(model, reference_sequences, reference_texts, **kw)
+    return mia_summary(forget, reference)
+
+
+def mia_summary(
+    forget: dict[str, list[float]], reference: dict[str, list[float]]
+) -> dict[str, dict[str, float]]:
+    """:func:`mia_report` from membership scores already computed (e.g. by
+    :func:`unmemorize.metrics.memorization.memorization` with ``texts``)."""
     return {
         name: {
             "auc": auc(forget[name], reference[name]),
@@ -351,7 +413,7 @@ def paper_extraction_likelihood(
     cut_every: int = 40,
     top_p: float = 0.95,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int = 128,
     pad_token_id: int = 0,
     progress: ProgressCallback | None = None,
 ) -> list[float]:
@@ -367,42 +429,75 @@ def paper_extraction_likelihood(
     Unlike memorization.extraction_likelihood (greedy, every prefix, exact) this is a random
     estimate; compare values only between runs of this function. Every (sample, cut) draws
     from its own torch.Generator seeded from (``seed``, sample index, c), so the result is
-    reproducible and does not depend on ``batch_size`` or on the other samples.
-    """
-    sequences = _check_sequences(sequences)
-    _check_ns((n,))
-    check_positive("cut_every", cut_every)
-    check_positive("batch_size", batch_size)
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise UserError(f"top_p must be in (0, 1], got {top_p!r}")
+    reproducible and does not depend on ``batch_size`` or on the other samples (beyond float
+    rounding flipping a draw that falls on a boundary of the cumulative distribution).
 
-    # Cuts whose suffix is shorter than n have no n-gram and would score nothing.
-    jobs = [
-        (i, cut)
-        for i, seq in enumerate(sequences)
-        for cut in range(cut_every, len(seq), cut_every)
-        if len(seq) - cut >= n
-    ]
-    # Longest continuations first: rows of a batch then need similar numbers of new tokens.
-    jobs.sort(key=lambda job: (len(sequences[job[0]]) - job[1], job), reverse=True)
-    on_tokens = token_counter(progress, sum(len(sequences[i]) - cut for i, cut in jobs))
-    device = model_device(model)
-    overlaps: dict[int, list[float]] = {i: [] for i in range(len(sequences))}
+    Every prompt is a prefix of its sample, so one teacher-forced pass per sample gives the
+    keys and values all its cuts continue from.
+    """
+    job = PaperEL(_check_sequences(sequences), n=n, cut_every=cut_every, top_p=top_p, seed=seed,
+                  batch_size=batch_size)
+    on_tokens = token_counter(progress, job.total_tokens)
     with evaluating(model):
-        for start in range(0, len(jobs), batch_size):
-            batch = jobs[start : start + batch_size]
-            generators = [_job_generator(seed, i, cut, device) for i, cut in batch]
-            continuations = decode(
-                model,
-                [sequences[i][:cut] for i, cut in batch],
-                [len(sequences[i]) - cut for i, cut in batch],
-                lambda logits, _step: _top_p_sample(logits, float(top_p), generators),
-                pad_token_id=pad_token_id,
-                on_tokens=on_tokens,
+        parts = split_model(model)
+        states = None
+        if parts is not None and job.jobs:
+            states = prefix_states(parts, job.sequences, batch_size=8, pad_token_id=pad_token_id)
+        return job.run(model, states, parts, pad_token_id=pad_token_id, on_tokens=on_tokens)
+
+
+class PaperEL:
+    """The (sample, cut) continuations of :func:`paper_extraction_likelihood`, to be run from
+    kept keys and values (see memorization's ``paper_el``) or from scratch."""
+
+    def __init__(self, sequences: list[list[int]], *, n: int = 10, cut_every: int = 40,
+                 top_p: float = 0.95, seed: int = 0, batch_size: int = 128):
+        _check_ns((n,))
+        check_positive("cut_every", cut_every)
+        check_positive("batch_size", batch_size)
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {top_p!r}")
+        self.sequences, self.n, self.top_p, self.seed = sequences, n, float(top_p), seed
+        self.batch_size = batch_size
+        # Cuts whose suffix is shorter than n have no n-gram and would score nothing.
+        self.jobs = [
+            (i, cut)
+            for i, seq in enumerate(sequences)
+            for cut in range(cut_every, len(seq), cut_every)
+            if len(seq) - cut >= n
+        ]
+        # Longest continuations first: rows of a batch then need similar numbers of new tokens.
+        self.jobs.sort(key=lambda job: (len(sequences[job[0]]) - job[1], job), reverse=True)
+        self.total_tokens = sum(len(sequences[i]) - cut for i, cut in self.jobs)
+
+    def run(self, model: torch.nn.Module, states: list[PrefixState] | None,
+            parts: ModelParts | None, *, pad_token_id: int, on_tokens=None) -> list[float]:
+        """EL_n per sample; ``states`` (per sample, with ``parts``) spare the prompts' prefill."""
+        sequences, device = self.sequences, model_device(model)
+        generators = [_job_generator(self.seed, i, cut, device) for i, cut in self.jobs]
+        lengths = [len(sequences[i]) - cut for i, cut in self.jobs]
+        if states is not None:  # x[:cut-1] from the kept keys and values, then x[cut-1] fed
+            continuations = decode_from_states(
+                parts, [states[i] for i, _ in self.jobs], [cut - 1 for _, cut in self.jobs],
+                [sequences[i][cut - 1] for i, cut in self.jobs], lengths,
+                lambda logits, rows: _top_p_sample(logits, self.top_p, [generators[r] for r in rows]),
+                batch_size=self.batch_size, pad_token_id=pad_token_id, on_tokens=on_tokens,
             )
-            for (i, cut), tokens in zip(batch, continuations):
-                overlaps[i].append(ngram_overlap(tokens, sequences[i][cut:], n))
-    return [_mean(overlaps[i]) if overlaps[i] else 0.0 for i in range(len(sequences))]
+        else:
+            continuations = []
+            for start in range(0, len(self.jobs), self.batch_size):
+                batch = self.jobs[start : start + self.batch_size]
+                batch_generators = generators[start : start + self.batch_size]
+                continuations += decode(
+                    model, [sequences[i][:cut] for i, cut in batch],
+                    lengths[start : start + self.batch_size],
+                    lambda logits, _step: _top_p_sample(logits, self.top_p, batch_generators),
+                    pad_token_id=pad_token_id, on_tokens=on_tokens,
+                )
+        overlaps: dict[int, list[float]] = {i: [] for i in range(len(sequences))}
+        for (i, cut), tokens in zip(self.jobs, continuations):
+            overlaps[i].append(ngram_overlap(tokens, sequences[i][cut:], self.n))
+        return [_mean(overlaps[i]) if overlaps[i] else 0.0 for i in range(len(sequences))]
 
 
 def _job_generator(seed: int, index: int, cut: int, device: torch.device) -> torch.Generator:
@@ -423,4 +518,75 @@ def _top_p_sample(
     return nucleus_sample(probs, top_p, uniforms.to(probs.device))
 
 
-# --- reference level ----------------------------------------------------------------------
+# --- everything from one teacher-forced pass ------------------------------------------------
+
+
+def memorization_report(
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    texts: Sequence[str] | None = None,
+    *,
+    ns: Sequence[int] = (10,),
+    el_stride: int = 1,
+    compute_el: bool = True,
+    batch_size: int = 8,
+    el_batch_size: int = 128,
+    pad_token_id: int = 0,
+    k_percent: float = 20.0,
+    extraction: tuple[int, int] | None = None,
+    paper_el: dict | None = None,
+    progress: ProgressCallback | None = None,
+) -> MemorizationResult:
+    """:func:`unmemorize.metrics.memorization.memorization` plus, from the same teacher-forced
+    pass, whichever of these is asked for, each equal to what its own function returns:
+
+    * ``texts`` (one per sample): :func:`membership_scores` with ``k_percent``, in
+      ``result.membership`` (full fp32 logits then give MA's argmax too);
+    * ``extraction=(prefix_tokens, suffix_tokens)``: :func:`extractable`, in
+      ``result.extraction``; the identity of memorization.py spares the continuation wherever the
+      model predicts the true suffix, and a continuation EL also needs is generated once;
+    * ``paper_el``: keyword arguments of :func:`paper_extraction_likelihood` (``n``,
+      ``cut_every``, ``top_p``, ``seed``, ``batch_size``) plus ``limit`` (the first ``limit``
+      samples only), in ``result.paper_el``; its prompts continue from the pass's keys and values.
+
+    ``progress(done, total)`` counts every generated token, greedy and sampled.
+    """
+    sequences = _check_sequences(sequences)
+    ns = _check_ns(ns) if compute_el else ()
+    for name, value in (("EL stride", el_stride), ("batch_size", batch_size), ("el_batch_size", el_batch_size)):
+        check_positive(name, value)
+    if texts is not None:
+        texts = _check_texts(texts, sequences, k_percent)
+    sampled = None
+    if paper_el:
+        options = dict(paper_el)
+        limit = options.pop("limit", None)
+        sampled = PaperEL(sequences[:limit] if limit else sequences, **options)
+    with evaluating(model):
+        prepared = teacher_forced_pass(
+            model, sequences, batch_size=batch_size, pad_token_id=pad_token_id,
+            keep_states=bool(ns or extraction or sampled),
+            statistics=_position_statistics if texts is not None else None,
+        )
+        result = MemorizationResult(ma=[_accuracy(s, p) for s, p in zip(sequences, prepared.predictions)])
+        if texts is not None:
+            result.membership = membership_from(prepared, texts, k_percent)
+        first = first_mismatches(sequences, prepared.predictions)
+        requests: dict[tuple[int, int], int] = {}
+        scored = el_requests(sequences, first, ns, el_stride, requests) if ns else []
+        attack = ExtractionRequests(sequences, first, *extraction, requests) if extraction else None
+        on_tokens = token_counter(
+            progress, requested_tokens(requests) + (sampled.total_tokens if sampled else 0)
+        )
+        continuations = greedy_continuations(
+            model, sequences, prepared, requests, batch_size=el_batch_size,
+            pad_token_id=pad_token_id, on_tokens=on_tokens,
+        )
+        result.el = el_values(sequences, scored, continuations, ns) if ns else {}
+        result.extraction = attack.result(continuations) if attack else None
+        if sampled is not None:
+            states = prepared.states[: len(sampled.sequences)] if prepared.states else None
+            result.paper_el = sampled.run(
+                model, states, prepared.parts, pad_token_id=pad_token_id, on_tokens=on_tokens
+            )
+    return result

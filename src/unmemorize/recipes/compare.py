@@ -198,9 +198,13 @@ def make_plans(config: CompareConfig, runs_dir: Path) -> list[RunPlan]:
     return plans + [_run_plan(config, run, runs_dir) for run in config.runs]
 
 
+# How many sequences a pass holds, and threads: they change the speed, not the results.
+SPEED_ONLY = frozenset({"batch_size", "el_batch_size", "eval_batch_size", "threads"})
+
+
 def same_request(done: dict | None, wanted: dict) -> bool:
     """Whether finished results answer ``wanted``. A key the results lack is an option newer
-    than them: they were made with its default."""
+    than them: they were made with its default. Settings of speed alone are not compared."""
     if not isinstance(done, dict) or set(done) != set(wanted):
         return False
     for part, values in wanted.items():
@@ -210,7 +214,7 @@ def same_request(done: dict | None, wanted: dict) -> bool:
             continue
         cls = UnlearnConfig if part == "unlearn" else EvalConfig
         known = _json_defaults(cls)
-        if any(done[part].get(k, known.get(k)) != v for k, v in values.items()):
+        if any(done[part].get(k, known.get(k)) != v for k, v in values.items() if k not in SPEED_ONLY):
             return False
     return True
 

@@ -36,32 +36,7 @@ def missing_inputs(config: EvalConfig) -> list[str]:
     return []
 
 
-def _memorization(lm: LoadedModel, forget, reference, config: EvalConfig, events: Events) -> dict[str, Any]:
-    from ..metrics.memorization import memorization
-
-    results: dict[str, Any] = {}
-    for name, items in (("forget", forget), ("reference", reference)):
-        measured = memorization(
-            lm.model, [t.input_ids for t in items], ns=config.el_n, el_stride=config.el_stride,
-            batch_size=config.batch_size, el_batch_size=config.el_batch_size, pad_token_id=lm.tokenizer.pad_token_id,
-            compute_el=config.greedy_el, progress=events.progress(f"MA/EL on {name}"),
-        )
-        results[name] = {**measured.means(), "samples": len(items)}
-        if name == "forget":
-            results["forget_samples"] = measured.per_sample()
-    # Jang et al.: the reference level is what "forgotten" means; report the gap to it.
-    results["forgotten"] = {key: results["forget"][key] <= results["reference"][key]
-                            for key in results["forget"] if key != "samples"}
-    return results
-
-
-def _extraction(lm: LoadedModel, sequences: list[list[int]], config: EvalConfig, events: Events) -> dict:
-    from ..metrics.privacy import extractable
-
-    extraction = extractable(
-        lm.model, sequences, prefix_tokens=config.extraction_prefix, suffix_tokens=config.extraction_suffix,
-        pad_token_id=lm.tokenizer.pad_token_id, progress=events.progress("extraction attack"),
-    )
+def _extraction_summary(extraction: dict, config: EvalConfig) -> dict:
     samples = extraction["samples"]
 
     def mean(key: str) -> float:
@@ -79,28 +54,40 @@ def _extraction(lm: LoadedModel, sequences: list[list[int]], config: EvalConfig,
 
 
 def run(lm: LoadedModel, config: EvalConfig, events: Events, shared: Shared) -> dict:
-    from ..metrics.privacy import mia_report, paper_extraction_likelihood
+    """MA and EL of the forget set and of unseen text, membership scores of both, and on the
+    forget set the extraction attack and the paper-code EL, each set from one teacher-forced pass
+    whose keys and values every continuation reuses (metrics.privacy.memorization_report)."""
+    from ..metrics.privacy import memorization_report, mia_summary
 
     forget = tokenize_examples(read_examples(config.forget, config), lm.tokenizer, config.max_length)
     reference_examples = load_examples(reference_source(config), limit=config.reference_limit or len(forget))
     reference = tokenize_examples(reference_examples, lm.tokenizer, config.max_length)
-    pad = lm.tokenizer.pad_token_id
-    results = _memorization(lm, forget, reference, config, events)
-    sequences = [t.input_ids for t in forget]
-    if config.paper_el:
-        values = paper_extraction_likelihood(
-            lm.model, sequences[: config.paper_el_limit], n=config.el_n[0], seed=config.seed, pad_token_id=pad,
-            progress=events.progress("EL (paper code: sampled, cut every 40)"),
-        )
+    common = dict(ns=config.el_n, el_stride=config.el_stride, compute_el=config.greedy_el,
+                  batch_size=config.batch_size, el_batch_size=config.el_batch_size,
+                  pad_token_id=lm.tokenizer.pad_token_id, k_percent=config.mia_k_percent)
+    paper = {"n": config.el_n[0], "seed": config.seed, "limit": config.paper_el_limit} if config.paper_el else None
+    measured = {
+        "forget": memorization_report(
+            lm.model, [t.input_ids for t in forget], [t.example.text for t in forget], **common,
+            extraction=(config.extraction_prefix, config.extraction_suffix), paper_el=paper,
+            progress=events.progress("memorization and attacks on the forget set")),
+        "reference": memorization_report(
+            lm.model, [t.input_ids for t in reference], [t.example.text for t in reference], **common,
+            progress=events.progress("memorization on unseen text")),
+    }
+    results: dict[str, Any] = {}
+    for name, items in (("forget", forget), ("reference", reference)):
+        results[name] = {**measured[name].means(), "samples": len(items)}
+    results["forget_samples"] = measured["forget"].per_sample()
+    # Jang et al.: the reference level is what "forgotten" means; report the gap to it.
+    results["forgotten"] = {key: results["forget"][key] <= results["reference"][key]
+                            for key in results["forget"] if key != "samples"}
+    if paper is not None:
+        values = measured["forget"].paper_el
         results["forget"][f"el_{config.el_n[0]}_paper_code"] = sum(values) / len(values)
         results["paper_el_samples"] = len(values)
-    results["extraction"] = _extraction(lm, sequences, config, events)
-    events.message("membership inference (loss, zlib, min-k%, min-k%++)")
-    results["mia"] = mia_report(
-        lm.model, sequences, [t.example.text for t in forget],
-        [t.input_ids for t in reference], [t.example.text for t in reference],
-        k_percent=config.mia_k_percent, pad_token_id=pad,
-    )
+    results["extraction"] = _extraction_summary(measured["forget"].extraction, config)
+    results["mia"] = mia_summary(measured["forget"].membership, measured["reference"].membership)
     return results
 
 
