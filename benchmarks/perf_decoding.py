@@ -194,7 +194,7 @@ def _our_continuations(model, sequences, chosen, pad) -> dict:
     return result
 
 
-def _forget_sequences(tokenizer, samples: int, tokens: int) -> list[list[int]]:
+def forget_sequences(tokenizer, samples: int, tokens: int) -> list[list[int]]:
     path = data_path("extraction/forget_sets/lm_extraction_32_0.csv")
     with open(path, newline="", encoding="utf-8") as handle:
         texts = [row["text"] for row in csv.DictReader(handle)]
@@ -223,7 +223,7 @@ def main() -> None:
             lm.model, lm.tokenizer, batch=args.batch, prompt_tokens=args.prompt_tokens,
             new_tokens=args.new_tokens)
     if args.skip != "el":
-        sequences = _forget_sequences(lm.tokenizer, args.el_samples, args.el_tokens)
+        sequences = forget_sequences(lm.tokenizer, args.el_samples, args.el_tokens)
         results["exact_el"] = exact_el(lm.model, lm.tokenizer, sequences)
     print(json.dumps(results, indent=2))
 

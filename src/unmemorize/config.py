@@ -282,7 +282,7 @@ class ModelOptions(Checked):
 
 @dataclass(frozen=True, kw_only=True)
 class RuntimeOptions(Checked):
-    threads: int | None = option(None, "Torch threads. Default: OMP_NUM_THREADS when set, else the cores other processes leave free (1-minute load average): on a core shared with another job, every thread of an op waits for the slowest. Give the same number to a run and its --resume for bitwise-equal weights.", ge=1)
+    threads: int | None = option(None, "Torch threads. Default: OMP_NUM_THREADS when set, else the cores other processes leave free (sampled from /proc/stat for half a second): on a core shared with another job, every thread of an op waits for the slowest. Give the same number to a run and its --resume for bitwise-equal weights.", ge=1)
 
 
 @dataclass(frozen=True, kw_only=True)
