@@ -212,3 +212,20 @@ def test_help_and_no_arguments_exit_0():
         assert result.returncode == 0 and "Usage: unmemorize" in result.stdout, result.stderr
     help_text = subprocess.run([_script(), "unlearn", "--help"], capture_output=True, text=True, timeout=120).stdout
     assert "--strength" in help_text and "(default: di 3)" in help_text and "--no-lora" in help_text
+
+
+def test_a_second_training_gets_a_fresh_progress_bar():
+    """The demo trains twice (the leak, then unlearning): the second bar counts its own steps."""
+    from unmemorize.cli.render import RichEvents
+    from unmemorize.events import StepRecord
+
+    events = RichEvents()
+    events.training_started(96)
+    events.step(StepRecord(step=40, epoch=7, loss=4.0, lr=1e-3, tokens_per_s=50.0), 96)
+    events.training_paused()
+    events.training_started(96)  # after an epoch's evaluation: the same bar goes on
+    assert (events.bar.tasks[0].total, events.bar.tasks[0].completed) == (96, 40)
+    events.training_finished()
+    events.training_started(12)
+    assert (events.bar.tasks[0].total, events.bar.tasks[0].completed) == (12, 0)
+    events.training_finished()

@@ -51,6 +51,9 @@ class Events:
     def training_paused(self) -> None:
         """Steps stop for now (evaluation, the end, or an error)."""
 
+    def training_finished(self) -> None:
+        """This training is over: a later one (the demo trains twice) starts afresh."""
+
     def memorization(self, label: str, means: dict[str, float]) -> None:
         """Mean memorization of the forget set at a point of a run (``before``, ``epoch 2``...)."""
 

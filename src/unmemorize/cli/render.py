@@ -79,6 +79,10 @@ class RichEvents(Events):
         if self.bar is not None:
             self.bar.stop()
 
+    def training_finished(self) -> None:
+        self.training_paused()
+        self.bar = self.task = None
+
     def memorization(self, label: str, means: dict[str, float]) -> None:
         shown = "  ".join(f"{k.upper().replace('_', '-')} {v:.3f}" for k, v in means.items())
         err.print(f"[bold]memorization {escape(label)}:[/bold] {shown}")

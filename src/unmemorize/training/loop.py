@@ -208,6 +208,8 @@ def train(loop: Loop, state: TrainState) -> TrainState:
     except BaseException:
         loop.events.training_paused()
         raise
+    finally:
+        loop.events.training_finished()
     if state.stopped_because is None:
         state.stopped_because = "epochs"
     return state
