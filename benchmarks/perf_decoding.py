@@ -28,6 +28,8 @@ from unmemorize.metrics.memorization import (
 )
 from unmemorize.paths import data_path
 
+from perf_step import forward_flops_per_token  # a sibling script
+
 
 def matmul_peak_gflops(size: int = 4096, repeats: int = 5) -> float:
     """Best fp32 GFLOP/s of a size x size matrix product, on the current torch threads."""
@@ -39,17 +41,6 @@ def matmul_peak_gflops(size: int = 4096, repeats: int = 5) -> float:
         a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
-
-
-def flops_per_token(model: torch.nn.Module, output_layer: bool = True) -> float:
-    """Forward FLOPs per token, attention scores left out: 2 per non-embedding weight plus
-    (``output_layer``) 2 x vocab x hidden for the output layer (the input embedding is a
-    lookup). A prompt token needs no output layer."""
-    embedding = model.get_input_embeddings().weight
-    head = model.get_output_embeddings().weight
-    seen = {id(embedding), id(head)}
-    non_embedding = sum(p.numel() for p in model.parameters() if id(p) not in seen)
-    return 2.0 * non_embedding + (2.0 * head.shape[0] * head.shape[1] if output_layer else 0.0)
 
 
 def _prompts(tokenizer, batch: int, prompt_tokens: int) -> list[list[int]]:
@@ -95,7 +86,8 @@ def greedy_decoding(model, tokenizer, batch: int = 32, prompt_tokens: int = 64,
     """Greedy decoding of ``batch`` prompts: ours (:func:`decode`) vs ``model.generate``."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     prompts = _prompts(tokenizer, batch, prompt_tokens)
-    per_token = flops_per_token(model)
+    # Attention scores left out (context 0): the decoder's and output layer's products.
+    per_token = forward_flops_per_token(model, context=0)
     with evaluating(model):
         decode(model, prompts[:2], [2, 2], choose_argmax, pad_token_id=pad)  # warm-up, screen build
         start = time.perf_counter()
@@ -110,7 +102,7 @@ def greedy_decoding(model, tokenizer, batch: int = 32, prompt_tokens: int = 64,
     ours_gflops = per_token * tokens / ours_s / 1e9
     # Both also run the prompts through the decoder (no output layer): work the per-token
     # figure leaves out.
-    prompt_flops = flops_per_token(model, output_layer=False) * sum(len(p) for p in prompts)
+    prompt_flops = forward_flops_per_token(model, context=0, output_layer=False) * sum(len(p) for p in prompts)
     return {
         "batch": batch, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
         "threads": torch.get_num_threads(),

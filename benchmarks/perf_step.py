@@ -30,11 +30,14 @@ def forget_batch(tokenizer, data_root) -> dict[str, torch.Tensor]:
     return collate(items, [[1.0] * len(i.input_ids) for i in items], tokenizer.pad_token_id)
 
 
-def forward_flops_per_token(model, context: int) -> float:
+def forward_flops_per_token(model, context: int, output_layer: bool = True) -> float:
     """2 × the multiply-adds of one token's forward: every linear layer (the output layer
-    included, the input embedding lookup not) plus attention over ``context`` positions."""
+    included unless ``output_layer`` is false: a prompt token needs none; the input embedding
+    lookup never) plus attention over ``context`` positions."""
     config = model.config
-    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    head = model.get_output_embeddings()
+    linear = sum(m.weight.numel() for m in model.modules()
+                 if isinstance(m, torch.nn.Linear) and (output_layer or m is not head))
     heads = config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
     attention = 2 * config.num_hidden_layers * heads * context  # QKᵀ and AV, causal: context/2 each way
     return 2.0 * (linear + attention)
