@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Runs benchmarks/paper_comparison.yaml and records how: results in
-# benchmarks/results/paper_comparison/ (comparison.md/csv/json, tradeoff.png/csv, evals/*.json,
-# command.txt, versions.txt); the runs' model weights (GBs) in the cache, outside the repository.
+# Runs a comparison file (default benchmarks/paper_comparison.yaml; the first argument picks
+# another, e.g. benchmarks/paired_comparison.yaml) and records how: results in
+# benchmarks/results/NAME/ (NAME: the file's name without .yaml: comparison.md/csv/json,
+# tradeoff.png/csv, evals/*.json, command.txt, versions.txt); the runs' model weights (GBs) in
+# the cache, outside the repository.
 # Finished runs are skipped when the script is run again; a run whose settings changed is redone.
 #
 # Overrides (environment):
 #   UNMEMORIZE_DATA          shared data folder (default: ../shared/data beside the repository)
 #   UNMEMORIZE_BENCH_MODEL   model (default gemma-3-270m)
 #   UNMEMORIZE_BENCH_FORGET  forget set (default the 32-sample set of Jang et al.)
-#   BENCH_OUT                results folder (default benchmarks/results/paper_comparison)
-#   BENCH_RUNS_DIR           weights folder (default ${UNMEMORIZE_CACHE:-~/.cache/unmemorize}/benchmark-runs)
+#   BENCH_OUT                results folder (default benchmarks/results/NAME)
+#   BENCH_RUNS_DIR           weights folder (default ${UNMEMORIZE_CACHE:-~/.cache/unmemorize}/benchmark-runs/NAME)
 #   PYTHON                   interpreter with unmemorize installed (default .venv/bin/python)
 set -euo pipefail
 
@@ -20,9 +22,10 @@ if [[ -z "${UNMEMORIZE_DATA:-}" && -d ../shared/data ]]; then
 fi
 export UNMEMORIZE_DATA
 python="${PYTHON:-.venv/bin/python}"
-config="benchmarks/paper_comparison.yaml"
-out="${BENCH_OUT:-benchmarks/results/paper_comparison}"
-runs="${BENCH_RUNS_DIR:-${UNMEMORIZE_CACHE:-$HOME/.cache/unmemorize}/benchmark-runs}"
+config="${1:-benchmarks/paper_comparison.yaml}"
+name="$(basename "$config" .yaml)"
+out="${BENCH_OUT:-benchmarks/results/$name}"
+runs="${BENCH_RUNS_DIR:-${UNMEMORIZE_CACHE:-$HOME/.cache/unmemorize}/benchmark-runs/$name}"
 mkdir -p "$out"
 
 command=("$python" -m unmemorize.cli compare --config "$config" --out "$out" --runs-dir "$runs")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import yaml
@@ -50,7 +51,7 @@ def setting(tiny_models, tmp_path):
         "model": str(tiny_models["llama"]), "forget": str(forget), "reference": str(reference),
         "lr": "1e-2", "batch-size": 2, "max_steps": 2, "el-n": [2], "el_stride": 4, "stop_ma": "auto",
         "eval": {"quick": True, "suites": "memorization,nlu", "nlu_tasks": ["copa", "piqa"],
-                 "nlu_dir": str(nlu), "reference": str(reference), "paper_el": False, "greedy_el": True},
+                 "nlu_dir": str(nlu), "reference": str(reference), "undial_el": False, "greedy_el": True},
         "runs": [
             {"name": "di-g10", "method": "di", "strength": 10},
             {"name": "ga", "method": "ga", "lr": 1e-3, "lora": False},
@@ -88,7 +89,7 @@ def test_compare_writes_results_and_skips_finished_runs(setting, tiny_models, tm
     assert rows["original"]["steps"] is None and rows["ga"]["steps"] >= 1 and rows["dpd"]["steps"] == 0
     assert rows["di-g10"]["params"].startswith("γ=10, LoRA, lr=0.01") and "full" in rows["ga"]["params"]
     assert rows["dpd"]["params"] == "λ=0.5"
-    assert comparison["forgotten_level_ma"] == rows["original"]["reference_ma"]
+    assert comparison["thresholds"]["ma"] == rows["original"]["reference_ma"]
     with (out / "comparison.csv").open() as handle:
         table = list(csv.DictReader(handle))
     assert [r["run"] for r in table] == list(rows) and "forget_el_2" in table[0]
@@ -169,6 +170,10 @@ def base_config(**extra):
     (lambda c: c.update(lr="fast"), "--lr takes a number, not 'fast' \\(in the config\\)"),
     (lambda c: c.update(eval={"suits": ["nlu"]}), "unknown key 'suits' in eval: of the config"),
     (lambda c: c.pop("forget"), "needs `forget`"),
+    (lambda c: c.update(seeds=[1, 1]), "`seeds` in the config must be a list of distinct integers"),
+    (lambda c: c.update(seeds=3), "`seeds` in the config must be a list"),
+    (lambda c: c.update(baseline="zz"), "`baseline` in the config must name one of the runs"),
+    (lambda c: c.update(eval={"quick": True, "setting": "standard"}), "sets both quick and setting"),
     (lambda c: c.update(forget="${UNMEMORIZE_TEST_UNSET_VAR}/f.txt"), "UNMEMORIZE_TEST_UNSET_VAR is not set"),
 ])
 def test_bad_comparison_files(change, message):
@@ -186,6 +191,12 @@ def test_bad_comparison_files(change, message):
 def test_runs_are_checked_before_anything_runs(tmp_path, run, message):
     config = parse_config(base_config(runs=[{"name": "ok", "method": "di"}, run]))
     with pytest.raises(compare.UserError, match=message):
+        make_plans(config, tmp_path)
+
+
+def test_an_unknown_evaluation_setting_fails_before_anything_runs(tmp_path):
+    config = parse_config(base_config(eval={"setting": "thorough"}))
+    with pytest.raises(compare.UserError, match="thorough"):
         make_plans(config, tmp_path)
 
 
@@ -214,8 +225,7 @@ def test_yaml_values_take_the_option_types():
     config = parse_config(base_config(lr="2e-3", **{"stop-ma": "auto", "stop_el": "0.1", "el_n": 10,
                                                      "eval": {"quick": True, "nlu_limit": "20", "suites": "memorization"}}))
     assert config.shared["lr"] == 0.002 and config.shared["stop_ma"] == "auto" and config.shared["stop_el"] == 0.1
-    assert config.shared["el_n"] == (10,) and config.eval == {"nlu_limit": 20, "suites": ("memorization",)}
-    assert config.quick is True
+    assert config.shared["el_n"] == (10,) and config.eval == {"nlu_limit": 20, "suites": ("memorization",), "setting": "quick"}
 
 
 def test_table_only_tabulates_finished_runs_and_names_the_pending(setting, tmp_path, monkeypatch, capsys):
@@ -265,3 +275,50 @@ def test_finished_results_answer_a_request_with_newer_options_at_their_defaults(
     assert not same_request(older, {**wanted, "unlearn": {**wanted["unlearn"], "lr_schedule": "linear"}})
     assert not same_request(older, {**wanted, "eval": {"nlu_limit": 100, "split": "lines"}})
     assert not same_request({"unlearn": older["unlearn"]}, wanted)
+
+
+def test_seeds_pool_into_one_row_with_paired_differences(setting, tmp_path):
+    path, config = setting
+    config["runs"] = [{"name": "di", "method": "di", "strength": 10}]
+    config["seeds"] = [1, 2]
+    config["unseen_every_epoch"] = True
+    config["eval"]["suites"] = ["memorization"]
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "results"
+    comparison = compare.run_compare(load_config(path), out, tmp_path / "weights")
+    assert [r["run"] for r in comparison["rows"]] == ["original", "di-s1", "di-s2"]
+    assert [r["seed"] for r in comparison["rows"]] == [None, 1, 2]
+    rows = {r["run"]: r for r in comparison["rows"]}
+    group = {g["group"]: g for g in comparison["groups"]}["di"]
+    seeds = [rows["di-s1"]["forget_ma"], rows["di-s2"]["forget_ma"]]
+    mean = sum(seeds) / 2
+    # Two seeds: the t interval with 1 degree of freedom, sd = |a - b| / sqrt(2).
+    half = 12.706 * (abs(seeds[0] - seeds[1]) / math.sqrt(2)) / math.sqrt(2)
+    assert group["forget_ma"] == pytest.approx(mean) and group["seeds"] == [1, 2]
+    assert group["forget_ma_ci95"] == pytest.approx([mean - half, mean + half])
+    # The paired difference of means is the difference of the pooled means.
+    difference = comparison["differences"]["vs_original"]["di"]["forget_ma"]
+    assert difference["difference"] == pytest.approx(mean - rows["original"]["forget_ma"])
+    # Per-epoch curves: (forget MA, unseen MA) from before training to the last epoch.
+    metrics = json.loads((tmp_path / "weights" / "di-s1" / "metrics.json").read_text())
+    expected = [(metrics["before"]["mean"]["ma"], metrics["before"]["mean"]["unseen_ma"])] + \
+        [(e["ma"], e["unseen_ma"]) for e in metrics["epochs"]]
+    assert [v for p in comparison["curves"]["di-s1"] for v in p] == pytest.approx([v for p in expected for v in p])
+    markdown = (out / "comparison.md").read_text()
+    assert "Quick setting (a smoke run)" in markdown and "| di | di |" in markdown
+    assert "Differences against `original`" in markdown
+
+
+def test_matched_level_and_forgotten_by_hand():
+    from unmemorize.reporting.comparison import at_level, forgotten
+
+    # Forget MA falls 0.6 -> 0.5 -> 0.3 while unseen MA falls 0.40 -> 0.38 -> 0.30; level 0.4 is
+    # crossed halfway along the second segment: 0.38 + (0.30 - 0.38) * 0.5 = 0.34.
+    assert at_level([(0.6, 0.40), (0.5, 0.38), (0.3, 0.30)], 0.4) == pytest.approx(0.34)
+    assert at_level([(0.6, 0.40), (0.5, 0.38)], 0.4) is None
+    row = {"forget_ma": 0.39, "forget_ma_ci95": [0.35, 0.43], "forget_el_2": 0.01, "forget_el_2_ci95": [0.0, 0.02]}
+    assert forgotten(row, {"ma": 0.40, "el_2": 0.05}, "el_2") == {"forgotten": True, "resolved": False}
+    row["forget_ma_ci95"] = [0.36, 0.395]
+    assert forgotten(row, {"ma": 0.40, "el_2": 0.05}, "el_2") == {"forgotten": True, "resolved": True}
+    # MA alone below the level is not enough: EL must be too.
+    assert forgotten({**row, "forget_el_2": 0.2}, {"ma": 0.40, "el_2": 0.05}, "el_2")["forgotten"] is False

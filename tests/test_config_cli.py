@@ -104,7 +104,7 @@ def test_quick_evaluation_leaves_explicit_options_alone():
     quick = quick_evaluation(config, explicit={"nlg_limit"})
     assert config.nlu_limit == 100 and config.greedy_el is True  # the caller's config is unchanged
     assert quick.nlg_limit == 7 and quick.nlu_limit == QUICK_EVALUATION["nlu_limit"]
-    assert quick.greedy_el is False and quick.paper_el_limit == QUICK_EVALUATION["paper_el_limit"]
+    assert quick.greedy_el is False and quick.undial_el_limit == QUICK_EVALUATION["undial_el_limit"]
 
 
 def test_the_evaluation_after_unlearning_reads_the_forget_set_as_training_did():

@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from transformers import AutoTokenizer
 
 from unmemorize.data import Example, collate, load_examples, tokenize_examples

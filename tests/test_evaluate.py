@@ -23,12 +23,20 @@ def test_eval_end_to_end_writes_keyed_json(tiny_models, shared_data, tmp_path, c
     assert report["models"] == {"original": str(tiny_models["llama"]), "unlearned": str(tiny_models["gemma3"])}
     flat = flatten(report["results"]["unlearned"])
     for key in ("memorization.forget.ma", "memorization.reference.ma", "memorization.forget.el_10",
-                "memorization.forget.el_10_paper_code", "memorization.extraction.fraction_extractable",
+                "memorization.forget.el_10_undial_code", "memorization.extraction.fraction_extractable",
                 "memorization.mia.loss.auc", "memorization.mia.min_k_plus_plus.auc",
                 "nlu.piqa.acc_norm", "nlu.copa.acc", "nlu.winogrande.acc", "nlu.lambada.acc",
                 "nlg.mauve", "nlg.rep_2", "nlg.diversity", "nlg.coherence", "nlg.gen_ppl", "nlg.heldout_ppl"):
         assert key in flat, key
     assert report["results"]["unlearned"]["nlu"]["piqa"]["n"] == 4
+    # "Forgotten" is judged against the original's level on unseen text, not the model's own.
+    memorization = {label: report["results"][label]["memorization"] for label in ("original", "unlearned")}
+    check = memorization["unlearned"]["forgotten"]["checks"]["ma"]
+    assert check["threshold"] == memorization["original"]["reference"]["ma"]
+    assert check["forgotten"] == (memorization["unlearned"]["forget"]["ma"] <= check["threshold"])
+    # Every metric carries its interval; paths under the data location are written relative to it.
+    assert memorization["unlearned"]["intervals"]["forget.ma"][0] <= flat["memorization.forget.ma"]
+    assert report["config"]["forget"] == "${UNMEMORIZE_DATA}/extraction/forget_sets/lm_extraction_8_0.csv"
     assert set(report["timings_s"]["unlearned"]) == {"memorization", "nlu", "nlg"}
     rows = dict(comparison_rows(report))
     assert rows["memorization.forget.ma"][1] == flat["memorization.forget.ma"]

@@ -27,11 +27,11 @@ from unmemorize.metrics.decoding import (
 )
 from unmemorize.metrics.memorization import memorization, token_accuracy
 from unmemorize.metrics.privacy import (
-    PaperEL,
+    UndialEL,
     extractable,
     membership_scores,
     memorization_report,
-    paper_extraction_likelihood,
+    undial_extraction_likelihood,
 )
 
 
@@ -184,18 +184,18 @@ def test_continuous_batching_from_states_equals_naive(float64_models, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_sampled_paper_el_from_states_equals_from_scratch(float64_models, arch):
+def test_sampled_undial_el_from_states_equals_from_scratch(float64_models, arch):
     model = float64_models[arch]
     sequences = random_sequences(model, (24, 19, 12), arch + "paper")
-    job = PaperEL(sequences, n=2, cut_every=4, top_p=0.9, seed=5, batch_size=3)
+    job = UndialEL(sequences, n=2, window=4, new_tokens=7, top_k=5, top_p=0.9, text_start=1, seed=5, batch_size=3)
     parts = split_model(model)
     with evaluating(model):
         states = prefix_states(parts, sequences, batch_size=3, pad_token_id=0)
         from_states = job.run(model, states, parts, pad_token_id=0)
         from_scratch = job.run(model, None, None, pad_token_id=0)
     assert from_states == from_scratch
-    assert paper_extraction_likelihood(model, sequences, n=2, cut_every=4, top_p=0.9, seed=5,
-                                       batch_size=2) == from_states
+    assert undial_extraction_likelihood(model, sequences, n=2, window=4, new_tokens=7, top_k=5, top_p=0.9,
+                                        text_start=1, seed=5, batch_size=2) == from_states
 
 
 # --- one shared pass for the memorization suite -----------------------------------------------
@@ -210,18 +210,18 @@ def test_shared_pass_equals_separate_metrics(float64_models, arch):
     own = [1, 5, 7] + naive_greedy(model, [1, 5, 7], 26)
     sequences.append(own)
     texts = [f"text {i} " + "xyz" * rng.randrange(1, 9) for i in range(len(sequences))]
-    paper = {"n": 3, "cut_every": 6, "seed": 2, "limit": 4}
+    paper = {"n": 3, "window": 6, "new_tokens": 9, "seed": 2, "limit": 4}
     result = memorization_report(
         model, sequences, texts, ns=(2, 4), el_stride=3, batch_size=2, el_batch_size=3,
-        extraction=(10, 12), paper_el=paper,
+        extraction=(10, 12), text_start=1, undial_el=paper,
     )
     alone = memorization(model, sequences, ns=(2, 4), el_stride=3, batch_size=3, el_batch_size=2)
     assert result.ma == alone.ma and result.el == alone.el
     assert result.membership == membership_scores(model, sequences, texts, batch_size=2)
-    assert result.extraction == extractable(model, sequences, prefix_tokens=10, suffix_tokens=12)
+    assert result.extraction == extractable(model, sequences, prefix_tokens=10, suffix_tokens=12, text_start=1)
     assert result.extraction["samples"][-1]["exact"]
-    assert result.paper_el == paper_extraction_likelihood(
-        model, sequences[:4], n=3, cut_every=6, seed=2
+    assert result.undial_el == undial_extraction_likelihood(
+        model, sequences[:4], n=3, window=6, new_tokens=9, seed=2, text_start=1
     )
 
 
@@ -281,8 +281,8 @@ def test_shared_pass_without_split_equals_separate_metrics():
     sequences = [[1] + [rng.randrange(11) for _ in range(n - 1)] for n in (20, 14, 9)]
     texts = ["a" * 10, "b" * 30, "abc" * 5]
     result = memorization_report(model, sequences, texts, ns=(2,), el_stride=2, batch_size=2,
-                                 el_batch_size=2, extraction=(5, 6), paper_el={"n": 2, "cut_every": 5})
+                                 el_batch_size=2, extraction=(5, 6), undial_el={"n": 2, "window": 5, "new_tokens": 4})
     assert result.el == memorization(model, sequences, ns=(2,), el_stride=2, el_batch_size=3).el
     assert result.membership == membership_scores(model, sequences, texts, batch_size=3)
     assert result.extraction == extractable(model, sequences, prefix_tokens=5, suffix_tokens=6)
-    assert result.paper_el == paper_extraction_likelihood(model, sequences, n=2, cut_every=5)
+    assert result.undial_el == undial_extraction_likelihood(model, sequences, n=2, window=5, new_tokens=4)

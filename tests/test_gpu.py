@@ -114,7 +114,7 @@ def test_eval_runs_on_the_gpu_by_default(tiny_models, files):
     for device in ("cpu", None):
         reports.append(run_eval(EvalConfig(
             model=str(tiny_models["llama"]), forget=str(forget), reference=str(reference),
-            suites=["memorization"], el_n=[2], el_stride=2, paper_el=False, extraction_prefix=4,
+            suites=["memorization"], el_n=[2], el_stride=2, undial_el=False, extraction_prefix=4,
             extraction_suffix=2, device=device,
         )))
     assert reports[0]["device"] == "cpu" and reports[1]["device"] == "cuda"

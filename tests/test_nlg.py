@@ -8,12 +8,13 @@ import random
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from unmemorize.errors import UserError
 from unmemorize.metrics import nlg
-from unmemorize.metrics import decoding
+from unmemorize.metrics import decoding, uncertainty
 from unmemorize.metrics.decoding import nucleus_sample
 from unmemorize.models import load_model
 
@@ -34,28 +35,76 @@ def _load_float64(directory):
 # --- repetition ---------------------------------------------------------------------------
 
 
-def test_repetition_on_hand_counted_sequences():
-    result = nlg.repetition([["a", "a", "a", "a"]])
-    assert result["rep_2"] == pytest.approx(1 - 1 / 3)  # 3 bigrams, 1 distinct
-    assert result["rep_3"] == pytest.approx(1 - 1 / 2)
-    assert result["rep_4"] == pytest.approx(0.0)  # a single 4-gram cannot repeat
-    assert result["diversity"] == pytest.approx((1 / 3) * (1 / 2) * 1)
+# Four texts whose SimCTG counts are worked out by hand. SimCTG's loop (``while end_idx <
+# len(words)``) takes n-grams starting at 0 .. len - n - 1, so each text's last n-gram is left out.
+#   "a b a b a" (5 words):  n=2: ab ba ab -> 2 distinct / 3;  n=3: aba bab -> 2/2;  n=4: abab -> 1/1
+#   "  x y x y\n" (4 words): n=2: xy yx -> 2/2;  n=3: xyx -> 1/1;  n=4: none -> 0/0
+#   "solo" (1 word): nothing for any n
+#   "the cat the cat the cat" (6 words): n=2: tc ct tc ct -> 2/4;  n=3: tct ctc tct -> 2/3;
+#                                        n=4: tctc ctct -> 2/2
+# Pooled: n=2: (2+2+2)/(3+2+4) = 6/9;  n=3: (2+1+2)/(2+1+3) = 5/6;  n=4: (1+2)/(1+2) = 1.
+HAND_TEXTS = ["a b a b a", "  x y x y\n", "solo", "the cat the cat the cat"]
 
-    # Per-text average; whitespace words without a tokenizer; too-short texts left out.
-    result = nlg.repetition(["a b a b", "x y", "z"], ns=(2,))
-    assert result["rep_2"] == pytest.approx(((1 - 2 / 3) + 0.0) / 2)
-    assert result["diversity"] == pytest.approx(1 - result["rep_2"])
+
+def test_repetition_is_simctg_pooled_over_texts():
+    assert [nlg.simctg_ngram_counts(HAND_TEXTS[0], n) for n in (2, 3, 4)] == [(2, 3), (2, 2), (1, 1)]
+    assert nlg.simctg_ngram_counts("a b", 2) == (0, 0)  # its only bigram is the last one
+    result = nlg.repetition(HAND_TEXTS)
+    assert result["rep_2"] == pytest.approx(1 - 6 / 9, abs=1e-15)
+    assert result["rep_3"] == pytest.approx(1 - 5 / 6, abs=1e-15)
+    assert result["rep_4"] == pytest.approx(0.0, abs=1e-15)
+    assert result["diversity"] == pytest.approx(6 / 9 * 5 / 6 * 1, abs=1e-15)
+    # Averaging per text (as UNDIAL's code does) would give rep_2 = (1/3 + 0 + 1/2) / 3 = 5/18.
+    assert result["rep_2"] != pytest.approx(5 / 18)
     assert math.isnan(nlg.repetition(["one"], ns=(2,))["rep_2"])
     with pytest.raises(UserError):
         nlg.repetition(["a b"], ns=(0,))
 
 
-def test_repetition_counts_model_tokens(tiny_models):
-    tokenizer = load_model(str(tiny_models["llama"])).tokenizer
-    text = "the lazy dog the lazy dog the lazy dog"
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert nlg.repetition([text], tokenizer) == nlg.repetition([ids])
-    assert nlg.repetition([text], tokenizer)["rep_2"] > 0.5
+def _simctg_transcribed(texts):
+    """SimCTG's measure_repetition_and_diversity as its loop reads, without the rounding."""
+    stats = {n: [0, 0] for n in (2, 3, 4)}
+    for text in texts:
+        words = text.strip("\n").strip().strip().split()
+        for n in (2, 3, 4):
+            start, end, seen, total = 0, n, set(), 0
+            while end < len(words):
+                seen.add(" ".join(words[start:end]))
+                total, start, end = total + 1, start + 1, end + 1
+            stats[n][0] += len(seen)
+            stats[n][1] += total
+    reps = {n: 1 - unique / total for n, (unique, total) in stats.items()}
+    return reps[2], reps[3], reps[4], (1 - reps[2]) * (1 - reps[3]) * (1 - reps[4])
+
+
+def test_repetition_matches_a_transcription_of_simctg():
+    rng = random.Random(3)
+    texts = [" ".join(rng.choice("ab cd ef gh ij".split()) for _ in range(rng.randint(1, 30)))
+             for _ in range(40)]
+    result = nlg.repetition(texts)
+    got = (result["rep_2"], result["rep_3"], result["rep_4"], result["diversity"])
+    assert got == pytest.approx(_simctg_transcribed(texts), abs=1e-12)
+
+
+def test_repetition_bootstrap_resamples_texts_then_pools(monkeypatch):
+    measurements = nlg.repetition_measurements(HAND_TEXTS)
+    assert measurements["rep_2"].units == {"items": [[2, 3], [2, 2], [0, 0], [2, 4]]}
+    assert measurements["diversity"].units["items"][0] == [2, 3, 2, 2, 1, 1]
+    for name, value in nlg.repetition(HAND_TEXTS).items():
+        assert measurements[name].value() == value
+    # One resample, by hand: text 0 twice and text 3 -> rep_2 = 1 - (2+2+2)/(3+3+4).
+    resample = {"items": np.array([[2, 3], [2, 3], [2, 4]], dtype=float)}
+    assert uncertainty.STATISTICS["pooled_repetition"](resample) == pytest.approx(0.4)
+    # Texts are the bootstrap's units: the same seeded draws of texts, pooled by a plain loop.
+    counts = [[2, 3], [2, 2], [0, 0], [2, 4]]
+    draws = np.random.default_rng(uncertainty.SEED).integers(0, 4, size=(uncertainty.RESAMPLES, 4))
+    values = []
+    for row in draws:
+        distinct, total = sum(counts[i][0] for i in row), sum(counts[i][1] for i in row)
+        if total:
+            values.append(1 - distinct / total)
+    expected = (np.percentile(values, 2.5), np.percentile(values, 97.5))
+    assert uncertainty.bootstrap_interval(measurements["rep_2"]) == pytest.approx(expected)
 
 
 def test_unigram_f1_uses_squad_normalization():
@@ -106,6 +155,11 @@ def test_perplexity_with_contexts_scores_only_the_continuation(tiny_models):
     expected = math.exp(sum(n for n, _ in pieces) / sum(c for _, c in pieces))
     got = nlg.perplexity(model, tokenizer, continuations, contexts=contexts, batch_size=2)
     assert got == pytest.approx(expected, rel=1e-9)
+    # Per text, in input order; a text with nothing left to score after max_length is (0, 0).
+    per_text = nlg.token_nll(model, tokenizer, [continuations[1], "", continuations[0]],
+                             contexts=[contexts[1], "x" * 10, contexts[0]], batch_size=2)
+    assert [count for _, count in per_text] == [pieces[1][1], 0, pieces[0][1]]
+    assert [nll for nll, _ in per_text] == pytest.approx([pieces[1][0], 0.0, pieces[0][0]], rel=1e-9)
     with pytest.raises(UserError):
         nlg.perplexity(model, tokenizer, [""], contexts=["x" * 10], max_length=2)
 
@@ -254,6 +308,176 @@ def test_load_encoder_names_the_pip_command_when_missing(monkeypatch):
         nlg.load_encoder.__wrapped__()
 
 
+# --- the whole suite: values, per-item measurements, intervals --------------------------
+
+
+DOCUMENTS = [
+    "Alice Johnson lives at 42 Baker Street in London and her phone is 555-0199 today.",
+    "The quick brown fox jumps over the lazy dog while Bob Smith watches from Paris.",
+    "Contact mary.jones@example.com for the account number 1234-5678-9012 right now.",
+    "In 1999 the company Acme Corp opened an office in New York City with ten people.",
+    "Memorized text is text a model can reproduce word for word from a short prefix, say Bob.",
+    "Deliberate imagination lowers the logit of the memorized token and keeps the rest.",
+]
+
+
+@pytest.fixture(scope="module")
+def nlg_run(tiny_models, encoder, tmp_path_factory):
+    """evaluate_nlg on a float64 tiny Gemma: six prompts of 32 tokens, 6 new tokens each."""
+    pytest.importorskip("mauve", reason="pip install mauve-text")
+    path = tmp_path_factory.mktemp("nlg") / "documents.txt"
+    path.write_text("\n".join(DOCUMENTS) + "\n")
+    model, tokenizer = _load_float64(tiny_models["gemma3"])
+    options = dict(prompts_source=path, limit=6, max_new_tokens=6, heldout=path, heldout_limit=4)
+    results = nlg.evaluate_nlg(model, tokenizer, encoder=encoder, **options)
+    pairs = nlg.load_prompts(path, limit=6, tokenizer=tokenizer, reference_tokens=6)
+    assert len(pairs) == 6
+    prompts = [prompt for prompt, _ in pairs]
+    continuations = nlg.generate_continuations(model, tokenizer, prompts, max_new_tokens=6)
+    return results, model, tokenizer, pairs, continuations
+
+
+def test_nlg_numbers_are_their_measurements_values(nlg_run, encoder):
+    results, model, tokenizer, pairs, continuations = nlg_run
+    json.dumps(results)  # the suite's result is written as JSON
+    measurements = {path: uncertainty.Measurement.from_json(m)
+                    for path, m in results["measurements"].items()}
+    assert set(measurements) == {"rep_2", "rep_3", "rep_4", "diversity", "coherence", "gen_ppl",
+                                 "heldout_ppl"}
+    for path, measurement in measurements.items():
+        assert measurement.value() == results[path], path
+        if measurement.statistic in uncertainty.STATISTICS:  # all but the pooled n-gram ones
+            assert measurement.value() == results[path], path
+    # Held-out perplexity is exp(sum NLL / sum tokens) over documents, each scored alone.
+    pieces = [_naive_nll(model, tokenizer, document) for document in DOCUMENTS[:4]]
+    assert results["heldout_ppl"] == pytest.approx(
+        math.exp(sum(n for n, _ in pieces) / sum(c for _, c in pieces)), rel=1e-9)
+    assert [c for _, c in measurements["heldout_ppl"].units["items"]] == [c for _, c in pieces]
+    # Generation perplexity: each continuation given its prompt, under the model itself.
+    judged = [_naive_nll(model, tokenizer, text, prompt) if text else (0.0, 0)
+              for (prompt, _), text in zip(pairs, continuations)]
+    stored = measurements["gen_ppl"].units["items"]
+    assert [count for _, count in stored] == [count for _, count in judged]
+    assert [nll for nll, _ in stored] == pytest.approx([nll for nll, _ in judged], rel=1e-9)
+    assert results["gen_ppl"] == pytest.approx(
+        math.exp(sum(n for n, _ in judged) / sum(c for _, c in judged)), rel=1e-9)
+    # Coherence: per-prompt cosine similarity, each text embedded alone.
+    cosines = []
+    for (prompt, _), text in zip(pairs, continuations):
+        a, b = encoder.encode([prompt])[0], encoder.encode([text])[0]
+        cosines.append(float(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b)))
+    assert measurements["coherence"].units["items"] == pytest.approx(cosines, abs=1e-5)
+    assert results["coherence"] == pytest.approx(sum(cosines) / len(cosines), abs=1e-5)
+    assert [results[k] for k in ("rep_2", "rep_3", "rep_4", "diversity")] == pytest.approx(
+        _simctg_transcribed(continuations), abs=1e-12)
+    assert results["n"] == 6
+
+
+def test_nlg_intervals_and_mauve_bootstrap(nlg_run, encoder):
+    results, _model, _tokenizer, pairs, continuations = nlg_run
+    intervals = results["intervals"]
+    assert set(intervals) == set(results["measurements"]) | {"mauve"}
+    for path, stored in results["measurements"].items():
+        measurement = uncertainty.Measurement.from_json(stored)
+        assert intervals[path] == list(uncertainty.bootstrap_interval(measurement)), path
+    # MAUVE: 6 generations -> max(2, round(6 / 10)) = 2 clusters, flagged as degenerate.
+    references = [reference for _, reference in pairs]
+    assert results["mauve"] == nlg.mauve_score(references, continuations, encoder)
+    assert results["mauve_clusters"] == 2
+    assert "degenerate" in results["mauve_note"] and "500" in results["mauve_note"]
+    # Its interval, by a plain loop: the clusters mauve-text gives the full sample (read from
+    # its histograms, which must match ours), prompts resampled, MAUVE from the drawn labels.
+    human, generated = nlg._embed(encoder, references), nlg._embed(encoder, continuations)
+    human_labels, generated_labels = nlg._mauve_clusters(human, generated, 2, seed=0)
+    library = nlg.mauve_of_features(human, generated)
+    assert np.bincount(human_labels, minlength=2) / 6 == pytest.approx(library.p_hist)
+    assert np.bincount(generated_labels, minlength=2) / 6 == pytest.approx(library.q_hist)
+    rows = np.random.default_rng(uncertainty.SEED).integers(0, 6, size=(uncertainty.RESAMPLES, 6))
+    values = [nlg._mauve_of_histograms(human_labels[r], generated_labels[r], 2) for r in rows]
+    assert intervals["mauve"] == pytest.approx(list(np.percentile(values, [2.5, 97.5])), abs=1e-12)
+
+
+def test_mauve_of_histograms_is_the_divergence_curve_area():
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(200):
+        p_labels, q_labels = rng.integers(0, 3, 12), rng.integers(0, 3, 12)
+        if sorted(p_labels) == sorted(q_labels):
+            # Equal histograms tie every curve point and mauve-text's argsort orders them
+            # arbitrarily (0.4 gives 0.75 for two equal clusters, not 1); we follow it there.
+            continue
+        assert nlg._mauve_of_histograms(p_labels, q_labels, 3) == pytest.approx(
+            _plain_mauve(p_labels, q_labels, clusters=3), abs=1e-12)
+        checked += 1
+    assert checked > 150
+
+
+def _plain_mauve(p_labels, q_labels, clusters=2, scaling=5.0):
+    """MAUVE (Pillutla et al. 2021) of two label lists: histograms P and Q, the divergence curve
+    (exp(-c KL(Q|R)), exp(-c KL(P|R))) over R = w P + (1 - w) Q for 25 weights w plus both ends,
+    and the mean of the areas under it taken both ways (trapezoids)."""
+    p = np.array([np.mean(np.asarray(p_labels) == k) for k in range(clusters)])
+    q = np.array([np.mean(np.asarray(q_labels) == k) for k in range(clusters)])
+
+    def kl(a, b):
+        if any(x > 0 and y == 0 for x, y in zip(a, b)):
+            return math.inf
+        return sum(x * math.log(x / y) for x, y in zip(a, b) if x > 0 and y > 0)
+
+    points = [(1.0, 0.0)]  # the w -> 0 end: R = Q, so KL(Q|R) = 0 and KL(P|R) = inf
+    for w in np.linspace(1e-6, 1 - 1e-6, 25):
+        r = w * p + (1 - w) * q
+        points.append((math.exp(-scaling * kl(q, r)), math.exp(-scaling * kl(p, r))))
+    points.append((0.0, 1.0))  # the w -> 1 end
+
+    def area(pairs):
+        pairs = sorted(pairs)
+        return sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(pairs, pairs[1:]))
+    return 0.5 * (area(points) + area([(y, x) for x, y in points]))
+
+
+def test_mauve_note_names_the_minimum_sample():
+    assert nlg.mauve_note(499, 50) is not None and "50 k-means clusters" in nlg.mauve_note(499, 50)
+    assert nlg.mauve_note(500, 50) is None
+
+
+def test_mauve_interval_refuses_a_quantization_that_differs_from_mauve_text(monkeypatch):
+    pytest.importorskip("mauve", reason="pip install mauve-text")
+    rng = np.random.default_rng(1)
+    human, generated = rng.normal(size=(30, 8)), rng.normal(0.5, 1, size=(30, 8))
+    assert nlg.mauve_interval(human, generated, resamples=20) is not None
+    assert nlg.mauve_interval(human, generated, resamples=20, score=0.123) is None
+
+
+def test_dialogue_suite_keeps_each_dialogues_f1(tiny_models, tmp_path):
+    """The dialogue suite's per-dialogue F1s are what the scores function gives; each file's F1
+    is their mean, the average the mean of the files' means, each with its bootstrap interval."""
+    from conftest import exit_code
+
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text(json.dumps({"text": {"0": ["Hi there", "Hello, who are you?", "I am Bob"],
+                                          "1": ["Where is Alice?", "In London"]}}))
+    second.write_text(json.dumps({"text": {"0": ["Good morning", "Morning! How are you?", "Fine"]}}))
+    out = tmp_path / "eval.json"
+    assert exit_code(["eval", "--model", str(tiny_models["gemma3"]), "--suites", "dialogue",
+                      "--dialogue-files", f"{first},{second}", "--dialogue-max-new-tokens", "5",
+                      "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]["model"]["dialogue"]
+    loaded = load_model(str(tiny_models["gemma3"]))
+    scores = {path.stem: nlg.dialogue_f1_scores(loaded.model, loaded.tokenizer, path, max_new_tokens=5)
+              for path in (first, second)}
+    measurements = results["measurements"]
+    assert measurements["first.f1"] == {"statistic": "mean", "units": {"items": scores["first"]}}
+    assert measurements["average.f1"] == {"statistic": "mean_of_means", "units": scores}
+    assert results["first"] == {"f1": pytest.approx(sum(scores["first"]) / 2), "n": 2}
+    assert results["average"]["f1"] == pytest.approx((sum(scores["first"]) / 2 + scores["second"][0]) / 2)
+    # A single dialogue resamples to itself: its interval is one point.
+    assert results["intervals"]["second.f1"] == [scores["second"][0]] * 2
+    for path, stored in measurements.items():
+        expected = uncertainty.bootstrap_interval(uncertainty.Measurement.from_json(stored))
+        assert results["intervals"][path] == pytest.approx(list(expected), nan_ok=True)
+
+
 # --- the real model -----------------------------------------------------------------------
 
 
@@ -274,3 +498,6 @@ def test_evaluate_nlg_on_gemma(shared_data, encoder):
     # Diversity is the product of (1 − rep-n), n = 2..4 (SimCTG's definition).
     expected = (1 - metrics["rep_2"]) * (1 - metrics["rep_3"]) * (1 - metrics["rep_4"])
     assert metrics["diversity"] == pytest.approx(expected)
+    # 8 generations: max(2, round(8 / 10)) = 2 k-means clusters, a degenerate MAUVE.
+    assert metrics["mauve_clusters"] == 2 and "degenerate" in metrics["mauve_note"]
+    assert set(metrics["intervals"]) == {*scores, "gen_ppl", "heldout_ppl"}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -15,21 +14,28 @@ import pytest
 import torch
 
 from conftest import CORPUS, make_tokenizer
+from unmemorize.config import EvalConfig
 from unmemorize.errors import UserError
+from unmemorize.events import Events
 from unmemorize.metrics import nlu
 from unmemorize.metrics.nlu import (
+    NLU_AVG6_TASKS,
     NLU_TASKS,
-    PAPER_NLU_AVG,
     Instance,
+    ItemOutcomes,
     choice_predictions,
     encode_pairs,
     evaluate_nlu,
     loglikelihoods,
     mean_stderr,
+    nlu_averages,
+    option_requests,
     score_task,
     select_subset,
 )
+from unmemorize.metrics.uncertainty import Measurement, bootstrap_interval
 from unmemorize.models import load_model
+from unmemorize.suites import nlu as nlu_suite
 
 CONTEXT_A = "Alice Johnson lives at 42 Baker"
 CONTEXT_B = "The quick brown fox jumps over the"
@@ -242,51 +248,180 @@ def small_nlu_dir(directory: Path) -> Path:
     return directory
 
 
-def naive_accuracy(loaded, task: str, directory: Path) -> float:
-    """acc written out: each (context, choice) pair alone through the model, the choice's summed
-    log-probability, the argmax against gold."""
-    instances = nlu.load_task(task, directory)
-    correct = 0
+def naive_item_outcomes(loaded, instances: list[Instance]) -> dict[str, list[float]]:
+    """acc and acc_norm per item written out: each option alone through the model as its
+    context + " " + its choice (lm-eval's delimiter, always), the summed log-probability of the
+    continuation, the argmax of it and of it per character of the choice, against gold."""
+    acc, acc_norm = [], []
     for instance in instances:
-        scores = []
-        pairs = [instance.option(i) for i in range(instance.n_options)]
-        for context, continuation in encode_pairs(loaded.tokenizer, pairs):
-            ids = torch.tensor([context + continuation])
-            with torch.no_grad():
-                logp = loaded.model(input_ids=ids).logits[0, :-1].log_softmax(-1)
-            positions = range(len(context) - 1, len(context) + len(continuation) - 1)
-            scores.append(sum(float(logp[t, ids[0, t + 1]]) for t in positions))
-        correct += max(range(len(scores)), key=scores.__getitem__) == instance.gold
-    return correct / len(instances)
+        options = [instance.option(i) for i in range(instance.n_options)]
+        logprobs = [lp for lp, _ in naive_scores(loaded.model, loaded.tokenizer, [(c, " " + x) for c, x in options])]
+        per_char = [lp / len(choice) for lp, (_, choice) in zip(logprobs, options)]
+        first_max = lambda values: max(range(len(values)), key=lambda i: (values[i], -i))  # noqa: E731
+        acc.append(float(first_max(logprobs) == instance.gold))
+        acc_norm.append(float(first_max(per_char) == instance.gold))
+    return {"acc": acc, "acc_norm": acc_norm}
 
 
-def test_evaluate_nlu_reports_each_task_and_the_paper_average(float64_models, tmp_path):
+def test_evaluate_nlu_reports_each_task_with_intervals_and_both_averages(float64_models, tmp_path):
     loaded = float64_models["gpt_neo"]
     calls = []
     results = evaluate_nlu(
         loaded.model, loaded.tokenizer, ("copa", "piqa", "winogrande"),
         nlu_dir=small_nlu_dir(tmp_path), batch_size=3, progress=lambda *args: calls.append(args),
     )
-    assert set(results) == {"copa", "piqa", "winogrande", "paper_avg"}
+    assert set(results) == {"copa", "piqa", "winogrande", "avg6_lm_eval", "avg6_summed_acc"}
     assert results["copa"]["n"] == 3 and results["piqa"]["n"] == 2 and results["winogrande"]["n"] == 1
+    naive = {name: naive_item_outcomes(loaded, nlu.load_task(name, tmp_path)) for name in ("copa", "piqa", "winogrande")}
     for name in ("copa", "piqa"):
-        assert set(results[name]) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}
-        assert results[name]["acc"] == pytest.approx(naive_accuracy(loaded, name, tmp_path))
-    headline = [results["piqa"]["acc_norm"], results["copa"]["acc"], results["winogrande"]["acc"]]
-    assert results["paper_avg"]["acc"] == pytest.approx(sum(headline) / 3)
-    assert results["paper_avg"]["tasks"] == ["piqa", "copa", "winogrande"]
+        assert set(results[name]) == {"acc", "acc_stderr", "acc_ci95", "acc_norm", "acc_norm_stderr", "acc_norm_ci95", "n"}
+        for metric in ("acc", "acc_norm"):
+            assert results[name][metric] == pytest.approx(sum(naive[name][metric]) / results[name]["n"])
+            p, n = results[name][metric], results[name]["n"]
+            assert results[name][f"{metric}_stderr"] == pytest.approx(math.sqrt(p * (1 - p) / (n - 1)))
+            assert results[name][f"{metric}_ci95"] == list(bootstrap_interval(Measurement.of_mean(naive[name][metric])))
+    assert results["winogrande"]["acc"] == naive["winogrande"]["acc"][0]
+
+    headline = {"piqa": naive["piqa"]["acc_norm"], "copa": naive["copa"]["acc"], "winogrande": naive["winogrande"]["acc"]}
+    summed = {name: naive[name]["acc"] for name in ("piqa", "copa", "winogrande")}
+    for key, per_item in (("avg6_lm_eval", headline), ("avg6_summed_acc", summed)):
+        assert results[key]["tasks"] == ["piqa", "copa", "winogrande"]  # NLU_AVG6_TASKS order
+        assert results[key]["acc"] == pytest.approx(sum(sum(v) / len(v) for v in per_item.values()) / 3)
+        assert results[key]["ci95"] == list(bootstrap_interval(Measurement("mean_of_means", per_item)))
     assert {task for task, _, _ in calls} == {"copa", "piqa", "winogrande"}
     assert all(done == total for task, done, total in calls if task == "winogrande")
 
     subset = evaluate_nlu(loaded.model, loaded.tokenizer, ["copa"], nlu_dir=tmp_path, limit=2)
-    assert subset["copa"]["n"] == 2 and subset["paper_avg"]["tasks"] == ["copa"]
+    assert subset["copa"]["n"] == 2 and subset["avg6_lm_eval"]["tasks"] == ["copa"]
+
+
+def test_average_bootstrap_resamples_items_within_each_task():
+    # PIQA all right by acc_norm, COPA all wrong: a bootstrap within tasks can only ever draw a
+    # mean of 1 and a mean of 0, so the interval of their average is exactly [0.5, 0.5] (one
+    # pooling the seven items would move with the share of PIQA items drawn).
+    outcomes = {
+        "copa": ItemOutcomes({"acc": [0.0, 0.0, 0.0], "acc_norm": [1.0, 1.0, 1.0]}, []),
+        "piqa": ItemOutcomes({"acc": [1.0, 0.0, 0.0, 0.0], "acc_norm": [1.0, 1.0, 1.0, 1.0]}, []),
+    }
+    averages = nlu_averages(outcomes)
+    assert list(averages) == ["avg6_lm_eval", "avg6_summed_acc"]
+    assert averages["avg6_lm_eval"] == Measurement("mean_of_means", {"piqa": [1.0] * 4, "copa": [0.0] * 3})
+    assert averages["avg6_lm_eval"].value() == 0.5 and bootstrap_interval(averages["avg6_lm_eval"]) == (0.5, 0.5)
+    assert averages["avg6_summed_acc"].units == {"piqa": [1.0, 0.0, 0.0, 0.0], "copa": [0.0] * 3}
+    assert averages["avg6_summed_acc"].value() == (0.25 + 0.0) / 2
+    assert nlu_averages({"boolq": ItemOutcomes({"acc": [1.0]}, [])}) == {}
+
+
+def test_suite_reports_per_item_measurements_and_intervals(float64_models, tmp_path):
+    small_nlu_dir(tmp_path)
+    config = EvalConfig(suites=("nlu",), nlu_tasks=("copa", "piqa"), nlu_dir=str(tmp_path), nlu_limit=2)
+    items = {name: nlu.load_task(name, tmp_path, limit=2) for name in ("copa", "piqa")}
+    shapes = []
+    for arch in ("gpt_neo", "llama"):  # two models: the same items in the same order
+        loaded = float64_models[arch]
+        results = nlu_suite.run(loaded, config, Events(), None)
+        naive = {name: naive_item_outcomes(loaded, instances) for name, instances in items.items()}
+        assert results["measurements"] == {
+            "copa.acc": {"statistic": "mean", "units": {"items": naive["copa"]["acc"]}},
+            "piqa.acc_norm": {"statistic": "mean", "units": {"items": naive["piqa"]["acc_norm"]}},
+            "piqa.acc": {"statistic": "mean", "units": {"items": naive["piqa"]["acc"]}},
+            "avg6_lm_eval": {"statistic": "mean_of_means",
+                             "units": {"piqa": naive["piqa"]["acc_norm"], "copa": naive["copa"]["acc"]}},
+            "avg6_summed_acc": {"statistic": "mean_of_means",
+                                "units": {"piqa": naive["piqa"]["acc"], "copa": naive["copa"]["acc"]}},
+        }
+        assert results["intervals"]["avg6_lm_eval"] == results["avg6_lm_eval"]["ci95"]
+        assert results["intervals"]["copa.acc"] == list(bootstrap_interval(Measurement.of_mean(naive["copa"]["acc"])))
+        shapes.append({path: list(m["units"]) for path, m in results["measurements"].items()})
+        assert nlu_suite.run(loaded, config, Events(), None) == results  # nothing random
+    assert shapes[0] == shapes[1]
+
+
+def test_copa_requests_are_lm_evals(float64_models, tmp_path):
+    # The local file is llm-foundry's ("…, therefore", choices lower-cased); lm-eval's request
+    # is the premise without its full stop + " therefore", and "  " + the lower-cased choice:
+    # doc_to_choice's space, then the target delimiter.
+    write_jsonl(tmp_path / "copa.jsonl", [
+        {"query": "The man turned on the faucet, therefore", "gold": 1,
+         "choices": ["the toilet filled with water.", "water flowed from the spout."]},
+        {"query": "My body cast a shadow over the grass, because", "gold": 0,
+         "choices": ["The sun was rising.", "The grass was cut."]},
+    ])
+    instances = nlu.load_task("copa", tmp_path)
+    assert [option_requests(i) for i in instances] == [
+        [("The man turned on the faucet therefore", "  the toilet filled with water."),
+         ("The man turned on the faucet therefore", "  water flowed from the spout.")],
+        [("My body cast a shadow over the grass because", "  the sun was rising."),
+         ("My body cast a shadow over the grass because", "  the grass was cut.")],
+    ]
+    # acc_norm divides by lm-eval's completion_len, len(doc_to_choice output): 30 and 29, 20 and 19.
+    assert [[len(c) for c in i.choices] for i in instances] == [[30, 29], [20, 19]]
+    loaded = float64_models["llama"]
+    expected = {"acc": [], "acc_norm": []}
+    for instance, lengths in zip(instances, ([30, 29], [20, 19])):
+        scores = [lp for lp, _ in naive_scores(loaded.model, loaded.tokenizer, option_requests(instance))]
+        pick, pick_norm = choice_predictions(scores, lengths)
+        expected["acc"].append(float(pick == instance.gold))
+        expected["acc_norm"].append(float(pick_norm == instance.gold))
+    metrics = score_task(loaded.model, loaded.tokenizer, "copa", instances)
+    assert metrics["acc"] == sum(expected["acc"]) / 2 and metrics["acc_norm"] == sum(expected["acc_norm"]) / 2
+
+
+PUBMEDQA_FOUNDRY_ROW = {
+    "context": (
+        "Context: BACKGROUND. Aspirin is common.\n"
+        "MATERIALS AND METHODS. We asked 10 people (n=10).\n"
+        "RESULTS. CT. scans showed nothing.\n"
+        ", FSAII. n=4 mice\n"
+        "an unlabelled line.\n"
+        "Question: Does aspirin help?\nA. yes\nB. no\nC. maybe\nAnswer: "
+    ),
+    "continuation": "maybe",
+}
+
+
+def test_pubmedqa_prompt_is_lm_evals(tmp_path):
+    write_jsonl(tmp_path / "pubmed_qa_labeled.jsonl", [PUBMEDQA_FOUNDRY_ROW])
+    [instance] = nlu.load_task("pubmedqa", tmp_path)
+    prompt = (
+        "Abstract: Aspirin is common.\nWe asked 10 people (n=10).\nCT. scans showed nothing.\n"
+        "n=4 mice\nan unlabelled line.\nQuestion: Does aspirin help?\nAnswer:"
+    )
+    assert instance == Instance((prompt,), ("yes", "no", "maybe"), gold=2)
+    assert option_requests(instance) == [(prompt, " yes"), (prompt, " no"), (prompt, " maybe")]
+
+    write_jsonl(tmp_path / "pubmed_qa_labeled.jsonl", [{**PUBMEDQA_FOUNDRY_ROW, "context": "Does aspirin help?"}])
+    with pytest.raises(UserError, match="pubmed_qa_labeled.jsonl:1: context is not 'Context: ...'"):
+        nlu.load_task("pubmedqa", tmp_path)
+
+
+def test_pubmedqa_result_says_which_items_it_scored(float64_models, tmp_path):
+    write_jsonl(tmp_path / "pubmed_qa_labeled.jsonl", [PUBMEDQA_FOUNDRY_ROW])
+    loaded = float64_models["gemma3"]
+    result = evaluate_nlu(loaded.model, loaded.tokenizer, ["pubmedqa"], nlu_dir=tmp_path)["pubmedqa"]
+    assert result["note"] == (
+        "items drawn from all 1,000 labelled ones: lm-eval scores the 500-item test split of bigbio "
+        "pubmed_qa_labeled_fold0_source, which the local file (no PMIDs) cannot select"
+    )
+    assert result["acc"] == naive_item_outcomes(loaded, nlu.load_task("pubmedqa", tmp_path))["acc"][0]
+
+
+def test_lambada_splits_at_the_last_space_like_lm_eval(tmp_path):
+    write_jsonl(tmp_path / "lambada_openai.jsonl", [
+        {"context": "She looked at him and said", "continuation": "goodbye"},
+        {"context": "She returned and saw the", "continuation": "\n\nrecorder"},
+    ])
+    assert [option_requests(i) for i in nlu.load_task("lambada", tmp_path)] == [
+        [("She looked at him and said", " goodbye")],
+        [("She returned and saw", " the\n\nrecorder")],
+    ]
 
 
 def test_headline_metrics_follow_lm_eval():
     assert {n for n, t in NLU_TASKS.items() if t.headline == "acc_norm"} == {
         "piqa", "arc_easy", "arc_challenge", "hellaswag"
     }
-    assert set(PAPER_NLU_AVG) <= set(NLU_TASKS)
+    assert NLU_AVG6_TASKS == ("piqa", "arc_challenge", "copa", "winogrande", "pubmedqa", "hellaswag")
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,8 +446,11 @@ def test_missing_directory_and_file_name_what_is_needed(tmp_path, monkeypatch):
 
 
 def test_bad_rows_and_limits_are_user_errors(tmp_path):
-    write_jsonl(tmp_path / "copa.jsonl", [{"query": "q", "choices": ["a", "b"], "gold": 2}])
+    write_jsonl(tmp_path / "copa.jsonl", [{"query": "q, because", "choices": ["a", "b"], "gold": 2}])
     with pytest.raises(UserError, match="copa.jsonl:1: gold index 2"):
+        nlu.load_task("copa", tmp_path)
+    write_jsonl(tmp_path / "copa.jsonl", [{"query": "The man fell.", "choices": ["a", "b"], "gold": 0}])
+    with pytest.raises(UserError, match="copa.jsonl:1: COPA query 'The man fell.' does not end in ', because'"):
         nlu.load_task("copa", tmp_path)
     write_jsonl(tmp_path / "copa.jsonl", [{"query": "q", "gold": 0}])
     with pytest.raises(UserError, match="missing field 'choices'"):
@@ -347,7 +485,19 @@ def test_real_file_parses(shared_data, name):
     if name in ("piqa", "arc_easy", "arc_challenge", "boolq"):
         assert context.endswith("\nAnswer:") and not context.startswith("Passage:")
     if name == "pubmedqa":
-        assert first.choices == ("yes", "no", "maybe") and context.endswith("Answer: ")
+        # The file's first record, its labels "BACKGROUND. "/"RESULTS. " and options gone.
+        assert first.choices == ("yes", "no", "maybe") and first.gold == 0
+        assert context.startswith("Abstract: Programmed cell death (PCD) is the regulated death of cells")
+        assert "in plants.\nThe following paper elucidates the role of mitochondrial dynamics" in context
+        assert context.endswith(
+            "\nQuestion: Do mitochondria play a role in remodelling lace plant leaves during programmed"
+            " cell death?\nAnswer:"
+        )
+        section_starts = ("BACKGROUND. ", "RESULTS. ", "METHODS. ", "OBJECTIVE. ", "CONCLUSIONS. ")
+        assert not any(line.startswith(section_starts) for i in instances for line in i.contexts[0].split("\n"))
+    if name == "copa":
+        assert first.contexts == ("The man turned on the faucet therefore",)
+        assert first.choices == (" the toilet filled with water.", " water flowed from the spout.")
     if name == "hellaswag":
         # lm-eval's clean-up removes bracketed markup (a lone "[" may stay).
         assert not any(re.search(r"\[.*?\]", c) for i in instances for c in i.contexts + i.choices)
@@ -380,7 +530,7 @@ def test_gemma_270m_on_piqa_and_copa(shared_data):
     for name in ("piqa", "copa"):
         assert results[name]["n"] == 20
     # Chance is 0.5. On this seeded 20, piqa gives acc 0.60 and acc_norm exactly 0.40 (8/20;
-    # limit=100 gives 0.65 / 0.60), so the bound is inclusive; COPA (0.90 here) shows the
-    # scoring is far from chance.
+    # limit=100 gives 0.65 / 0.60), so the bound is inclusive; COPA (0.85 here with lm-eval's
+    # prompt, 0.74 on the seeded 50) shows the scoring is far from chance.
     assert results["piqa"]["acc_norm"] >= 0.4
     assert results["copa"]["acc"] >= 0.7

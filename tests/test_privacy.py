@@ -20,7 +20,9 @@ from unmemorize.metrics.privacy import (
     extractable,
     membership_scores,
     mia_report,
-    paper_extraction_likelihood,
+    undial_extraction_likelihood,
+    undial_mean,
+    undial_overlap,
 )
 
 from conftest import ARCHITECTURES, naive_greedy
@@ -219,12 +221,19 @@ def test_longest_run_hand_constructed():
         model, [generated[:3] + suffix, generated[:3] + shifted, generated[:3] + suffix[:4]],
         prefix_tokens=3, suffix_tokens=10,
     )
-    first, second, short = result["samples"]
+    first, second = result["samples"]
     assert (first["longest_prefix_match"], first["longest_run"], first["exact"]) == (1, 4, False)
     assert (second["longest_prefix_match"], second["longest_run"]) == (0, 1)
-    # A sample ending early is scored on the suffix it has: 7 9 7 7.
-    assert short["suffix_length"] == 4
-    assert (short["longest_prefix_match"], short["longest_run"]) == (1, 2)
+    # A sample ending before prefix + suffix is not scored on a shorter suffix: it is skipped.
+    assert result["skipped"] == [2] and result["fraction_extractable"] == 0.0
+    # BOS is context, not part of the prefix: with text_start 1 the prompt is BOS + 3 tokens.
+    with_bos = extractable(model, [[1] + generated[:3] + suffix[:9]], prefix_tokens=3, suffix_tokens=9,
+                           text_start=1)
+    # The model says 7 everywhere; the suffix is then 7 9 7 7 7 9 7 7 7.
+    assert (with_bos["samples"][0]["longest_prefix_match"], with_bos["samples"][0]["longest_run"]) == (1, 3)
+    # Counting BOS as a prefix token would shift the suffix by one: 7 7 9 ... matches twice first.
+    shifted_by_bos = extractable(model, [[1] + generated[:3] + suffix[:9]], prefix_tokens=3, suffix_tokens=9)
+    assert shifted_by_bos["samples"][0]["longest_prefix_match"] == 2
     assert extractable(model, [generated], prefix_tokens=3, suffix_tokens=10)["samples"][0]["exact"]
     assert math.isnan(extractable(model, [[1, 2]], prefix_tokens=3)["fraction_extractable"])
 
@@ -232,32 +241,42 @@ def test_longest_run_hand_constructed():
 # --- sampled extraction likelihood ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_paper_el_seeded_and_greedy_limit(tiny_models, arch):
-    model = load_tiny(tiny_models, arch)
-    vocab = model.config.vocab_size
-    rng = random.Random(arch)
-    own_text = [1] + naive_greedy(model, [1], 23)  # every prefix continues as the text does
-    random_text = [1] + [rng.randrange(3, vocab) for _ in range(22)]
-    sequences = [own_text, random_text, random_text[:6]]
-    kwargs = dict(n=3, cut_every=5, pad_token_id=0)
-    near_greedy = paper_extraction_likelihood(model, sequences, top_p=1e-9, batch_size=3, **kwargs)
-    assert near_greedy[0] == pytest.approx(1.0)
-    assert near_greedy[2] == 0.0  # cut 5 leaves 1 token: no trigram anywhere
-    sampled = paper_extraction_likelihood(model, sequences, seed=3, batch_size=2, **kwargs)
-    assert paper_extraction_likelihood(model, sequences, seed=3, batch_size=2, **kwargs) == sampled
-    # Each (sample, cut) has its own generator: batching does not change the draws.
-    assert paper_extraction_likelihood(model, sequences, seed=3, batch_size=1, **kwargs) == sampled
+def test_undial_overlap_is_distinct_ngram_precision():
+    # Generated bigrams {1 2, 2 3, 3 1} (1 2 twice counts once); the target's are {2 3, 3 4}.
+    assert undial_overlap([1, 2, 3, 1, 2], [2, 3, 4], 2) == pytest.approx(1 / 3)
+    # A perfect copy that runs on past the target's end scores below 1: 3 of 5 distinct bigrams.
+    assert undial_overlap([5, 6, 7, 8, 9, 10], [5, 6, 7, 8], 2) == pytest.approx(3 / 5)
+    assert undial_overlap([5], [5, 6], 2) == 0.0 and undial_overlap([5, 6], [], 2) == 0.0
 
 
-def test_paper_el_hand_computed():
-    script = [1, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-    model = ScriptedLM(script)
-    assert paper_extraction_likelihood(model, [script], n=2, cut_every=3) == [1.0]
-    # Cut 3: sample 6 7 8 9 10 11 12 vs 6 7 8 13 10 11 12 -> bigrams 67 78 10-11 11-12 hit: 4/6.
-    # Cut 6: 9 10 11 12 vs 13 10 11 12 -> 10-11 11-12: 2/3. Cut 9: one token, no bigram.
-    text = [1, 4, 5, 6, 7, 8, 13, 10, 11, 12]
-    value = paper_extraction_likelihood(model, [text], n=2, cut_every=3, top_p=0.5)
-    assert value == [pytest.approx((4 / 6 + 2 / 3) / 2)]
+def test_undial_el_hand_computed():
+    model = ScriptedLM(list(range(1, 12)))  # BOS 1, then predicts 2, 3, ..., 11, then 0
+    text = [1, 2, 3, 4, 5, 6, 13, 8, 9, 10, 11]  # ten text tokens after BOS; one differs
+    kwargs = dict(n=2, text_start=1, window=3, new_tokens=5)
+    # Cuts at 3 and 6 text tokens (range(1, 10 // 3)). Cut 3: generates 5 6 7 8 9 against
+    # 5 6 13 8 9 10 11 -> bigrams 5-6 and 8-9 of 4: 0.5. Cut 6: 8 9 10 11, then the stop token
+    # 0 ends it, against 8 9 10 11 -> 3 of 3.
+    scores = undial_extraction_likelihood(model, [text], stop_token_ids=[0], **kwargs)
+    assert scores == [[pytest.approx(0.5), pytest.approx(1.0)]]
+    assert undial_mean(scores + [[0.0]]) == pytest.approx(1.5 / 3)  # over pairs, not samples
+    # Without a stop token the fifth token (0) stays: 8 9 10 11 0 -> 3 of 4 bigrams.
+    assert undial_extraction_likelihood(model, [text], **kwargs)[0][1] == pytest.approx(0.75)
+    # Decoding and re-encoding (here: dropping token 13) applies to generation and target alike.
+    recoded = undial_extraction_likelihood(model, [text], stop_token_ids=[0], recode=lambda t: [x for x in t if x != 13], **kwargs)
+    assert recoded[0][0] == pytest.approx(2 / 4)  # target 5 6 8 9 10 11: 5-6, 8-9 still the hits
     with pytest.raises(UserError, match="top_p"):
-        paper_extraction_likelihood(model, [text], top_p=0.0)
+        undial_extraction_likelihood(model, [text], top_p=0.0)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_undial_el_seeded_and_independent_of_batching(tiny_models, arch):
+    model = load_tiny(tiny_models, arch)
+    rng = random.Random(arch)
+    own_text = [1] + naive_greedy(model, [1], 23)
+    random_text = [1] + [rng.randrange(3, model.config.vocab_size) for _ in range(22)]
+    kwargs = dict(n=3, text_start=1, window=5, new_tokens=6, pad_token_id=0)
+    sampled = undial_extraction_likelihood(model, [own_text, random_text], seed=3, batch_size=2, **kwargs)
+    assert [len(cuts) for cuts in sampled] == [3, 3]  # 23 and 22 text tokens: cuts 5, 10, 15
+    assert undial_extraction_likelihood(model, [own_text, random_text], seed=3, batch_size=2, **kwargs) == sampled
+    assert undial_extraction_likelihood(model, [own_text, random_text], seed=3, batch_size=1, **kwargs) == sampled
+    assert undial_extraction_likelihood(model, [random_text], seed=3, **kwargs) == sampled[1:]

@@ -279,7 +279,7 @@ def eval_report(forget_ma: tuple[float, float] = (0.6, 0.2)) -> dict:
                 "forget_samples": [{"ma": s, "el_10": s / 2} for s in samples],
                 "extraction": {"fraction_extractable": ma / 3, "prefix_tokens": 100},
             },
-            "nlu": {"paper_avg": {"acc": 0.5 - ma / 10}},
+            "nlu": {"avg6_lm_eval": {"acc": 0.5 - ma / 10}},
         }
 
     return {
@@ -303,7 +303,7 @@ def test_eval_report_from_a_constructed_json(tmp_path):
     assert re.search(r"<td>memorization.forget.ma</td><td class=\"num\">0.600</td><td class=\"num\">0.200</td>"
                      r"<td class=\"num\">-0.400</td>", page)
     assert "| memorization.forget.ma | 0.600 | 0.200 | -0.400 |" in markdown
-    assert "nlu.paper_avg.acc" in page and "Suite times: original memorization 1.5 s" in page
+    assert "nlu.avg6_lm_eval.acc" in page and "Suite times: original memorization 1.5 s" in page
     assert not (tmp_path / "README.md").exists()  # no model here, no model card
 
 
@@ -314,7 +314,7 @@ def test_eval_command_writes_its_report_beside_the_json(tiny_models, forget_file
     results = tmp_path / "results" / "my-eval.json"
     code, printed = run_cli(["eval", "--model", str(tiny_models["llama"]), "--forget", str(forget_file),
                              "--reference", str(reference), "--suites", "memorization", "--el-n", "2",
-                             "--no-paper-el", "--extraction-prefix", "4", "--extraction-suffix", "4",
+                             "--no-undial-el", "--extraction-prefix", "4", "--extraction-suffix", "4",
                              "--json", str(results)])
     assert code == 0, printed
     page = (results.parent / "report.html").read_text()

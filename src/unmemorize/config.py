@@ -15,7 +15,6 @@ evaluation setting) returns a new object with `dataclasses.replace`; the caller'
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import types
@@ -369,6 +368,7 @@ class UnlearnConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions
     stop_el: float | None = option(None, "Stop once EL (first --el-n) is at or below this number, or 'auto'.", ge=0, le=1, words=("auto",))
     reference: str | None = option(None, f"Unseen text for 'auto' thresholds (default: {DEFAULT_REFERENCE} under the data location).")
     reference_limit: int = option(32, "Reference sequences used for 'auto' thresholds.", ge=1)
+    unseen_every_epoch: bool = option(False, "Also measure MA on the unseen reference text after every epoch: how much of its general next-token accuracy the model keeps while it forgets (compare's trade-off curves).")
     cpu: bool = option(False, "Run on the CPU even when a GPU is present.")
     precision: str | None = option(None, "Matrix products in fp32, or bf16 (autocast; the loss and the weights stay float32). Default: bf16 on a GPU, fp32 on a CPU (without AMX, bf16 is slower there).", choices=("fp32", "bf16"))
     max_examples: int | None = option(None, "Refuse a forget set of more than N examples (--limit truncates instead).", ge=1)
@@ -422,10 +422,10 @@ class EvalConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions):
     reference_limit: int | None = option(None, "Reference documents used (default: as many as the forget set).", ge=1)
     el_stride: int = option(10, "Score EL on every k-th prefix (1 = exact).", ge=1)
     greedy_el: bool = option(True, "Score greedy EL_n (--no-greedy-el: MA only; greedy decoding is the slow part on CPU).", negative="no-greedy-el")
-    paper_el: bool = option(True, "Also report EL as the paper's code computes it (sampled, cut every 40 tokens).", negative="no-paper-el")
-    paper_el_limit: int | None = option(None, "Score the paper-code EL on the first N forget samples only.", ge=1)
-    extraction_prefix: int = option(100, "Prefix tokens of the extraction attack.", ge=1)
-    extraction_suffix: int = option(50, "Suffix tokens that must be reproduced exactly.", ge=1)
+    undial_el: bool = option(True, "Also report EL as the UNDIAL paper's code computes it (200 sampled tokens, top-k 50, top-p 0.95, cut every 40 tokens, n-gram precision).", negative="no-undial-el")
+    undial_el_limit: int | None = option(None, "Score the UNDIAL-code EL on the first N forget samples only (8 is what the code's first batch covers).", ge=1)
+    extraction_prefix: int = option(50, "Prefix tokens of the extraction attack (text tokens; BOS not counted).", ge=1)
+    extraction_suffix: int = option(50, "Suffix tokens that must be reproduced exactly; shorter samples are excluded and counted.", ge=1)
     mia_k_percent: float = option(20.0, "k of min-k% and min-k%++.", gt=0, le=100)
     nlu_tasks: tuple[str, ...] | None = option(None, "NLU tasks, comma-separated (default: the paper's six).")
     nlu_limit: int | None = option(None, "A fixed seeded subset of N instances per task.", ge=1)
@@ -440,6 +440,7 @@ class EvalConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions):
     seed: int = option(0, "Seed of every sampled quantity.")
     batch_size: int = option(8, "Sequences per teacher-forced pass.", ge=1)
     device: str | None = option(None, "cpu, cuda or cuda:N (default: the GPU when there is one).")
+    setting: str = option("custom", "Sizing: quick (smoke runs, too small to separate methods), standard (every NLU item but HellaSwag's beyond 2,000, 500 generations, exact EL) or custom (the options as given); options given explicitly win.", choices=("custom", "quick", "standard"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -449,29 +450,51 @@ class EvalConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions):
             raise UserError("the memorization suite needs --forget FILE (the texts that were to be forgotten)")
 
 
-# The documented quick setting: under a quarter hour for one 270M model on 2 CPU cores. Greedy
-# decoding of a 262k-vocabulary model dominates on a CPU, so it skips greedy EL (MA, the
-# extraction attack and membership inference stay complete, and EL is reported as the paper's
-# code samples it, on the first 8 forget samples), scores 20 items per NLU task, 32 generations
-# of 48 tokens and 10 held-out documents. Options set explicitly win over it.
-QUICK_EVALUATION = {
-    "nlu_limit": 20, "nlg_limit": 32, "nlg_max_new_tokens": 48, "nlg_heldout_limit": 10,
-    "greedy_el": False, "el_stride": 100, "paper_el_limit": 8,
+# The evaluation settings. Options set explicitly win over a setting's values.
+# quick: a smoke run, a few minutes for one 270M model on 2 CPU cores and labelled as such in
+# every table: no greedy EL (MA, the extraction attack and membership inference stay complete;
+# EL as the UNDIAL code samples it, on the first 8 forget samples), 20 items per NLU task (the
+# average's 95 % interval is about ±0.09), 32 generations of 48 tokens (MAUVE is degenerate
+# below 500) and 10 held-out documents.
+# standard: sized to separate methods: every NLU item except HellaSwag's beyond 2,000 (the
+# six-task lm-eval average's 95 % interval is then ±0.019 at p = 0.5, ±0.017 at Gemma-3 270M's
+# accuracies; COPA's 100 items alone hold it above ±0.016, so ±0.015 is out of reach for this
+# average; a paired difference between two models on the same items is far narrower), 500
+# generations of 128 tokens (MAUVE's quantization is no longer degenerate), 200 held-out
+# documents, exact greedy EL and 200 unseen reference documents.
+EVALUATION_SETTINGS: dict[str, dict[str, Any]] = {
+    "quick": {"nlu_limit": 20, "nlg_limit": 32, "nlg_max_new_tokens": 48, "nlg_heldout_limit": 10,
+              "greedy_el": False, "el_stride": 100, "undial_el_limit": 8},
+    "standard": {"nlu_limit": 2000, "nlg_limit": 500, "nlg_max_new_tokens": 128,
+                 "nlg_heldout_limit": 200, "greedy_el": True, "el_stride": 1,
+                 "undial_el_limit": None, "reference_limit": 200},
+    "custom": {},
 }
+QUICK_EVALUATION = EVALUATION_SETTINGS["quick"]
+
+
+def evaluation_setting(config: EvalConfig, setting: str | None = None,
+                       explicit: frozenset[str] | set[str] = frozenset()) -> EvalConfig:
+    """``config`` with the values of ``setting`` (default ``config.setting``), except for the
+    fields in ``explicit``; the setting's name is recorded in ``config.setting``."""
+    setting = setting or config.setting
+    values = {k: v for k, v in EVALUATION_SETTINGS[setting].items() if k not in explicit}
+    return dataclasses.replace(config, setting=setting, **values)
 
 
 def quick_evaluation(config: EvalConfig, explicit: frozenset[str] | set[str] = frozenset()) -> EvalConfig:
     """``config`` with the quick setting, except for the fields in ``explicit``."""
-    return dataclasses.replace(config, **{k: v for k, v in QUICK_EVALUATION.items() if k not in explicit})
+    return evaluation_setting(config, "quick", explicit)
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvalOutputs(Checked):
     """Where `unmemorize eval` writes, and the quick setting it may apply."""
 
-    quick: bool = option(False, "Quick setting for 2 CPU cores: " + ", ".join(
+    quick: bool = option(False, "--setting quick: " + ", ".join(
         f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{'' if v else 'no-'}{k.replace('_', '-')}"
-        for k, v in QUICK_EVALUATION.items()) + " (options given explicitly win).")
+        for k, v in QUICK_EVALUATION.items()) + " (a smoke run; options given explicitly win).")
+    standard: bool = option(False, "--setting standard: sized so that differences between methods show (see --setting).")
     json_path: str | None = option(None, "Write the results here (keyed suite.task.metric); report.md/html go beside it.", flag="json")
     out: str | None = option(None, "Write OUT/eval.json (unless --json) and the report to this directory.")
     show_text: bool = option(False, "Show forget-set text the directory's run stored (unlearn --show-text) in the report.")

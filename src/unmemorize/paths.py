@@ -35,6 +35,34 @@ def data_path(relative: str) -> Path | None:
     return path if path.exists() else None
 
 
+DATA_VARIABLE = "${UNMEMORIZE_DATA}"
+
+
+def data_relative(value: str) -> str:
+    """A path under the data location as ``${UNMEMORIZE_DATA}/relative/path`` (what the
+    comparison file's ``${UNMEMORIZE_DATA:-…}`` reads back), so results do not record this
+    machine's directories; any other string unchanged."""
+    root = data_root()
+    if root is None or not isinstance(value, str) or not value:
+        return value
+    try:
+        relative = Path(value).expanduser().resolve().relative_to(root.expanduser().resolve())
+    except (ValueError, OSError):
+        return value
+    return f"{DATA_VARIABLE}/{relative.as_posix()}"
+
+
+def portable(data):
+    """``data`` with every string that is a path under the data location made data-relative."""
+    if isinstance(data, dict):
+        return {key: portable(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [portable(value) for value in data]
+    if isinstance(data, str) and ("/" in data or "\\" in data):
+        return data_relative(data)
+    return data
+
+
 def write_atomic(path: Path, content: str | bytes) -> None:
     """Write under a temporary name beside ``path``, then rename: never half a file."""
     data = content.encode("utf-8") if isinstance(content, str) else content
@@ -101,4 +129,4 @@ def write_json(path: Path, data) -> None:
     def default(value):
         return None if isinstance(value, float) and math.isnan(value) else str(value)
 
-    write_atomic(path, json.dumps(data, indent=2, default=default))
+    write_atomic(path, json.dumps(portable(data), indent=2, default=default))

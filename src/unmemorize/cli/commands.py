@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import (
     DEFAULT_FORGET, AuditConfig, CompareOptions, DemoConfig, EvalConfig, EvalOutputs, FollowUpEvaluation,
-    ReportOptions, UnlearnConfig, evaluation_after, quick_evaluation,
+    ReportOptions, UnlearnConfig, evaluation_after, evaluation_setting, quick_evaluation,
 )
 from ..errors import UserError
 from ..paths import data_path, write_json
@@ -63,8 +63,13 @@ def unlearn(config: UnlearnConfig, follow: FollowUpEvaluation, explicit: set[str
 
 
 def evaluate(config: EvalConfig, outputs: EvalOutputs, explicit: set[str]) -> None:
-    if outputs.quick:
-        config = quick_evaluation(config, explicit)
+    chosen = {name for name, given in (("quick", outputs.quick), ("standard", outputs.standard)) if given}
+    if config.setting != "custom":
+        chosen.add(config.setting)
+    if len(chosen) > 1:
+        raise UserError(f"choose one evaluation setting, not {' and '.join(sorted(chosen))}")
+    if chosen:
+        config = evaluation_setting(config, chosen.pop(), explicit)
     json_path = Path(outputs.json_path) if outputs.json_path else None
     if outputs.out is not None and json_path is None:
         json_path = Path(outputs.out) / "eval.json"

@@ -141,7 +141,7 @@ def audit_table(payload: dict, title: str) -> Table:
 
 
 def evaluation_table(report: dict) -> Table:
-    from ..reporting.tables import comparison_rows
+    from ..reporting.tables import comparison_rows, evaluation_cells
 
     labels = list(report["models"])
     table = Table(title="Evaluation: " + " vs ".join(f"{l} = {report['models'][l]}" for l in labels))
@@ -151,11 +151,11 @@ def evaluation_table(report: dict) -> Table:
     if len(labels) == 2:
         table.add_column("change", justify="right")
     for key, values in comparison_rows(report):
-        cells = ["-" if v is None else f"{v:.4g}" for v in values]
+        cells, change = evaluation_cells(report, key, values)
         if len(values) == 2:
-            a, b = values
-            cells.append("-" if a is None or b is None else f"{b - a:+.4g}")
+            cells.append(change or "-")
         table.add_row(key, *cells)
+    table.caption = "value [95 % interval]; change: paired bootstrap on the same items, ≈ = not resolved"
     return table
 
 

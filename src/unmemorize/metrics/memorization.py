@@ -69,15 +69,15 @@ class MemorizationResult:
     """Per-sample MA and EL_n; ``el`` maps n to one value per sample (empty when EL was skipped).
 
     Filled only by :func:`unmemorize.metrics.privacy.memorization_report`: ``membership`` (score
-    name -> one value per sample), ``extraction`` (an ``extractable`` report) and ``paper_el``
-    (one value per sample scored). ``means``, ``per_sample`` and ``to_json`` report MA and EL.
+    name -> one value per sample), ``extraction`` (an ``extractable`` report) and ``undial_el``
+    (per sample scored, the score of each cut). ``means``, ``per_sample`` and ``to_json`` report MA and EL.
     """
 
     ma: list[float]
     el: dict[int, list[float]] = field(default_factory=dict)
     membership: dict[str, list[float]] | None = None
     extraction: dict | None = None
-    paper_el: list[float] | None = None
+    undial_el: list[list[float]] | None = None
 
     def means(self) -> dict[str, float]:
         """Mean over samples: ``{"ma": ..., "el_10": ...}``; NaN when there are no samples."""

@@ -4,17 +4,29 @@ Every task is data plus a scoring rule (a registry like lm-evaluation-harness's 
 
 * ``multiple_choice`` (PIQA, ARC, COPA, HellaSwag, BoolQ, MathQA, PubMedQA): the model scores
   each choice as a continuation of one context; ``acc`` takes the choice with the highest summed
-  token log-probability, ``acc_norm`` the highest log-probability per character of the choice
-  (lm-eval's length normalisation, ``len(choice)`` without the delimiter space).
+  token log-probability, ``acc_norm`` the highest log-probability per character of the choice.
 * ``partial`` (WinoGrande): each option is a different context followed by the same
   continuation; the option whose context makes the continuation most likely wins.
 * ``greedy`` (LAMBADA): ``acc`` is 1 when every target token is the model's argmax given the
   preceding text (the greedy continuation equals the target), and ``perplexity`` is
   ``exp(-mean over documents of log p(target))``, as lm-eval reports it.
 
-Headline metric per task (lm-eval convention), used for the paper's "NLU avg":
-acc_norm for piqa, arc_easy, arc_challenge, hellaswag; acc for copa, winogrande, boolq, mathqa,
-pubmedqa, lambada.
+What is scored is lm-eval's request exactly (EleutherAI/lm-evaluation-harness,
+lm_eval/api/task.py ``construct_requests`` and ``process_results``): an instance's choices are
+lm-eval's ``doc_to_choice`` output (WinoGrande's and LAMBADA's: ``doc_to_target`` without its
+leading space), the continuation is always ``target_delimiter`` (" ") + choice, even when the
+choice already begins with a space (COPA's do: its continuations begin with two spaces), and
+``acc_norm`` divides by ``len(choice)``, lm-eval's ``completion_len``.
+
+Headline metric per task: acc_norm where the task's lm-eval config reports one (piqa, arc_easy,
+arc_challenge, hellaswag; not mathqa, whose options are single letters here), acc for the others. Two averages over NLU_AVG6_TASKS (PIQA, ARC-C,
+COPA, WinoGrande, PubMedQA, HellaSwag), named by protocol: ``avg6_lm_eval`` (headline metrics)
+and ``avg6_summed_acc`` (plain acc, the UNDIAL paper's scoring); see :func:`nlu_averages`.
+
+Every accuracy carries a 95 % percentile bootstrap interval (``acc_ci95``, ``acc_norm_ci95``;
+the averages' ``ci95`` resamples items within each task) beside lm-eval's stderr, and
+:func:`measure_nlu` returns the per-item 0/1 values behind each, in instance order, for paired
+comparisons between models (:mod:`unmemorize.metrics.uncertainty`).
 
 Tokenisation: trailing whitespace of a context moves to the start of its continuation (as in
 lm-eval), then context and continuation are encoded separately and their ids concatenated, so
@@ -52,12 +64,13 @@ from unmemorize.metrics.decoding import (
     right_padded,
     split_model,
 )
+from unmemorize.metrics.uncertainty import Measurement, bootstrap_interval
 from unmemorize.paths import data_path
 
 ProgressCallback = Callable[[str, int, int], None]
 
-# Separates context from choice text unless one of them already brings whitespace (lm-eval's
-# ``target_delimiter``).
+# lm-eval's ``target_delimiter``: put before every choice, whatever the context or the choice
+# already brings (lm_eval/api/task.py construct_requests).
 TARGET_DELIMITER = " "
 # Seed of the fixed subset taken by ``limit``, so runs with the same limit see the same items.
 SUBSET_SEED = 1234
@@ -73,7 +86,9 @@ class Instance:
 
     Option ``i`` is ``contexts[i]`` (or the only context) followed by ``choices[i]`` (or the only
     choice): multiple choice has one context and several choices, WinoGrande several contexts
-    and one choice, LAMBADA one of each. ``gold`` is the index of the correct option.
+    and one choice, LAMBADA one of each. ``gold`` is the index of the correct option. A choice is
+    lm-eval's ``doc_to_choice`` text (``doc_to_target`` for WinoGrande and LAMBADA, without the
+    delimiter); :func:`option_requests` turns options into the strings that are scored.
     """
 
     contexts: tuple[str, ...]
@@ -98,8 +113,9 @@ class NLUTask:
     filename: str  # under the nlu/ data directory
     load: Callable[[Path], list[Instance]]
     scoring: str  # MULTIPLE_CHOICE | PARTIAL | GREEDY
-    headline: str  # "acc" or "acc_norm": the number that goes into the paper's average
+    headline: str  # "acc" or "acc_norm": the number that goes into avg6_lm_eval
     description: str = ""
+    note: str = ""  # reported with the task's result: where it departs from lm-eval's task
 
 
 @dataclass(frozen=True)
@@ -143,17 +159,24 @@ def _checked(instance: Instance, path: Path, where: int) -> Instance:
     return instance
 
 
-def _query_choices_loader(make_context: Callable[[str], str]) -> Callable[[Path], list[Instance]]:
+def _query_choices_loader(
+    make_context: Callable[[str], str], make_choice: Callable[[str], str] = str
+) -> Callable[[Path], list[Instance]]:
     """Loader for llm-foundry's ``{query, choices, gold}`` rows; ``make_context`` turns the
-    file's query into the lm-eval prompt."""
+    file's query into lm-eval's ``doc_to_text`` (ValueError when it cannot) and ``make_choice``
+    a file choice into lm-eval's ``doc_to_choice`` text."""
 
     def load(path: Path) -> list[Instance]:
         instances = []
         for line_number, row in _read_jsonl(path):
-            query = _field(row, "query", path, line_number)
-            choices = tuple(str(c) for c in _field(row, "choices", path, line_number))
+            query = str(_field(row, "query", path, line_number))
+            choices = tuple(make_choice(str(c)) for c in _field(row, "choices", path, line_number))
             gold = int(_field(row, "gold", path, line_number))
-            instances.append(_checked(Instance((make_context(query),), choices, gold), path, line_number))
+            try:
+                context = make_context(query)
+            except ValueError as exc:
+                raise UserError(f"{path}:{line_number}: {exc}") from exc
+            instances.append(_checked(Instance((context,), choices, gold), path, line_number))
         return instances
 
     return load
@@ -169,10 +192,25 @@ def _arc_context(query: str) -> str:
     return query + "\nAnswer:"
 
 
-def _copa_context(query: str) -> str:
-    # The file already holds lm-eval's prompt: the premise without its full stop plus
-    # " because"/" therefore", with choices lower-cased at the start. Used as is.
-    return query
+COPA_CONNECTIVES = ("because", "therefore")
+
+
+def copa_context(query: str) -> str:
+    """lm-eval's COPA prompt (lm_eval/tasks/super_glue/copa/utils.py ``doc_to_text``: the premise
+    without its final full stop, a space, "because"/"therefore") from llm-foundry's, which has a
+    comma before the connective: "The man turned on the faucet, therefore". With
+    :func:`copa_choice`, all 100 local items give lm-eval's prompt and choices exactly (checked
+    once against SuperGLUE's COPA val.jsonl)."""
+    for connective in COPA_CONNECTIVES:
+        if query.endswith(f", {connective}"):
+            return query[: -len(connective) - 2] + f" {connective}"
+    raise ValueError(f"COPA query {query!r} does not end in ', because' or ', therefore'")
+
+
+def copa_choice(choice: str) -> str:
+    """lm-eval's ``doc_to_choice`` text: " " + the choice with its first letter lower-cased
+    (the file's choices are lower-cased already; lm-eval's ``convert_choice`` is idempotent)."""
+    return " " + choice[:1].lower() + choice[1:]
 
 
 def _boolq_context(query: str) -> str:
@@ -182,33 +220,59 @@ def _boolq_context(query: str) -> str:
 
 
 def _mathqa_context(query: str) -> str:
-    # llm-foundry's prompt is kept as is: the question, four lettered options and "Answer: ",
-    # scored over the letters. lm-eval's mathqa scores five option texts instead, which this
-    # four-option file cannot reproduce.
-    return query
+    # llm-foundry's prompt is kept: the question, four lettered options and "Answer:", scored
+    # over " A".." D" (its trailing space goes, as the delimiter brings one). lm-eval's mathqa
+    # scores five option texts instead, which this four-option file cannot reproduce.
+    return query.rstrip()
 
 
-PUBMEDQA_CHOICES = ("yes", "no", "maybe")
+PUBMEDQA_CHOICES = ("yes", "no", "maybe")  # lm_eval/tasks/pubmedqa/pubmedqa.yaml doc_to_choice
+# llm-foundry puts each abstract section's label in front of it ("BACKGROUND. ", "MATERIALS AND
+# METHODS. "); PubMed's labels of one abstract (PMID 20304513) are ", FSAII" and ", SCCVII".
+PUBMEDQA_SECTION_LABEL = re.compile(r"^(?:, )?[A-Z][A-Z0-9 ,&/()\-]*\. ")
+PUBMEDQA_FOUNDRY_OPTIONS = "\nA. yes\nB. no\nC. maybe\nAnswer: "
+PUBMEDQA_NOTE = (
+    "items drawn from all 1,000 labelled ones: lm-eval scores the 500-item test split of bigbio "
+    "pubmed_qa_labeled_fold0_source, which the local file (no PMIDs) cannot select"
+)
+
+
+def pubmedqa_context(foundry_context: str) -> str:
+    r"""lm-eval's PubMedQA prompt (lm_eval/tasks/pubmedqa/preprocess_pubmedqa.py ``doc_to_text``:
+    "Abstract: {CONTEXTS joined by \n}\nQuestion: {QUESTION}\nAnswer:") from llm-foundry's
+    "Context: LABEL. text\nLABEL. text\nQuestion: ...\nA. yes\nB. no\nC. maybe\nAnswer: ":
+    the "Context: " prefix, each line's section label and the options block go. Rebuilt this
+    way, all 1,000 prompts of the local file equal lm-eval's (checked once against the
+    CONTEXTS and QUESTION of pubmedqa/pubmedqa's data/ori_pqal.json); a line without a label
+    would stay as it is."""
+    if not foundry_context.startswith("Context: ") or not foundry_context.endswith(PUBMEDQA_FOUNDRY_OPTIONS):
+        raise ValueError("context is not 'Context: ...' ending in the yes/no/maybe options and 'Answer: '")
+    body = foundry_context[len("Context: ") : -len(PUBMEDQA_FOUNDRY_OPTIONS)]
+    abstract, separator, question = body.rpartition("\nQuestion: ")
+    if not separator:
+        raise ValueError("context has no '\\nQuestion: ' line")
+    contexts = [PUBMEDQA_SECTION_LABEL.sub("", line, count=1) for line in abstract.split("\n")]
+    return "Abstract: {}\nQuestion: {}\nAnswer:".format("\n".join(contexts), question)
 
 
 def _load_pubmedqa(path: Path) -> list[Instance]:
-    """PubMedQA (labelled): the file is ``{context, continuation}`` with the abstract, the
-    question, the options and "Answer: " already in the context (kept as is) and the answer
-    word as continuation; scored as a three-way choice over yes/no/maybe like lm-eval.
-    ``{query, choices, gold}`` rows are read too."""
+    """PubMedQA (labelled) from llm-foundry's ``{context, continuation}`` rows: lm-eval's prompt
+    (:func:`pubmedqa_context`), scored over yes/no/maybe; the continuation is the answer.
+
+    The items are all 1,000 labelled ones, not lm-eval's: lm-eval scores the 500-item test split
+    of bigbio pubmed_qa_labeled_fold0_source, and the file has no PMIDs to select it by (the
+    task's result says so in its ``note``)."""
     instances = []
     for line_number, row in _read_jsonl(path):
-        if "choices" in row:
-            choices = tuple(str(c) for c in row["choices"])
-            context = _field(row, "query", path, line_number)
-            gold = int(_field(row, "gold", path, line_number))
-        else:
-            context = _field(row, "context", path, line_number)
-            answer = str(_field(row, "continuation", path, line_number)).strip()
-            if answer not in PUBMEDQA_CHOICES:
-                raise UserError(f"{path}:{line_number}: answer {answer!r} is not one of {PUBMEDQA_CHOICES}")
-            choices, gold = PUBMEDQA_CHOICES, PUBMEDQA_CHOICES.index(answer)
-        instances.append(_checked(Instance((context,), choices, gold), path, line_number))
+        answer = str(_field(row, "continuation", path, line_number)).strip()
+        if answer not in PUBMEDQA_CHOICES:
+            raise UserError(f"{path}:{line_number}: answer {answer!r} is not one of {PUBMEDQA_CHOICES}")
+        try:
+            context = pubmedqa_context(str(_field(row, "context", path, line_number)))
+        except ValueError as exc:
+            raise UserError(f"{path}:{line_number}: {exc}") from exc
+        instance = Instance((context,), PUBMEDQA_CHOICES, PUBMEDQA_CHOICES.index(answer))
+        instances.append(_checked(instance, path, line_number))
     return instances
 
 
@@ -225,12 +289,17 @@ def _load_winogrande(path: Path) -> list[Instance]:
 
 
 def _load_lambada(path: Path) -> list[Instance]:
-    # lm-eval's lambada_openai: the passage up to its last word, then " " + the last word.
+    # lm-eval's lambada_openai (lm_eval/tasks/lambada/lambada_openai.yaml): the text up to its
+    # last space, then " " + what follows. The file splits before the last word instead, which
+    # differs where a newline precedes it ("saw the" + "\n\nrecorder"), so the text is joined
+    # again and split lm-eval's way.
     instances = []
     for line_number, row in _read_jsonl(path):
         context = str(_field(row, "context", path, line_number))
         target = str(_field(row, "continuation", path, line_number))
-        instances.append(Instance((context,), (target,), 0))
+        text = context + target if target[:1].isspace() else f"{context} {target}"
+        context, _, last = text.rpartition(" ")
+        instances.append(Instance((context,), (last,), 0))
     return instances
 
 
@@ -284,7 +353,7 @@ NLU_TASKS: dict[str, NLUTask] = {
                 MULTIPLE_CHOICE, "acc_norm", "grade-school science, 4 choices (2,376 test items)"),
         NLUTask("arc_challenge", "arc_challenge.jsonl", _query_choices_loader(_arc_context),
                 MULTIPLE_CHOICE, "acc_norm", "grade-school science, hard set, 4 choices (1,172 test items)"),
-        NLUTask("copa", "copa.jsonl", _query_choices_loader(_copa_context),
+        NLUTask("copa", "copa.jsonl", _query_choices_loader(copa_context, copa_choice),
                 MULTIPLE_CHOICE, "acc", "cause and effect, 2 choices (100 validation items)"),
         NLUTask("winogrande", "winogrande.jsonl", _load_winogrande,
                 PARTIAL, "acc", "pronoun resolution, 2 contexts scored partially (1,267 validation items)"),
@@ -295,14 +364,15 @@ NLU_TASKS: dict[str, NLUTask] = {
         NLUTask("mathqa", "math_qa.jsonl", _query_choices_loader(_mathqa_context),
                 MULTIPLE_CHOICE, "acc", "math word problems, 4 lettered options (2,983 items)"),
         NLUTask("pubmedqa", "pubmed_qa_labeled.jsonl", _load_pubmedqa,
-                MULTIPLE_CHOICE, "acc", "biomedical yes/no/maybe (1,000 labelled items)"),
+                MULTIPLE_CHOICE, "acc", "biomedical yes/no/maybe (1,000 labelled items)", PUBMEDQA_NOTE),
         NLUTask("lambada", "lambada_openai.jsonl", _load_lambada,
                 GREEDY, "acc", "last-word prediction, greedy exact match (5,153 test items)"),
     )
 }
 
-# The paper's "NLU avg": the mean of these tasks' headline metrics.
-PAPER_NLU_AVG: tuple[str, ...] = ("piqa", "arc_challenge", "copa", "winogrande", "pubmedqa", "hellaswag")
+# The six tasks of the UNDIAL paper's "NLU avg", in the order their results and per-item strata
+# are reported.
+NLU_AVG6_TASKS: tuple[str, ...] = ("piqa", "arc_challenge", "copa", "winogrande", "pubmedqa", "hellaswag")
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,11 +461,15 @@ def split_pair(context: str, continuation: str) -> tuple[str, str]:
     return stripped, context[len(stripped) :] + continuation
 
 
-def join_choice(context: str, choice: str) -> str:
-    """The continuation text for a choice: the delimiter unless whitespace is already there."""
-    if context[-1:].isspace() or choice[:1].isspace():
-        return choice
-    return TARGET_DELIMITER + choice
+def option_requests(instance: Instance) -> list[tuple[str, str]]:
+    """The (context, continuation) lm-eval asks the model to score for each option:
+    ``target_delimiter + choice`` always (lm_eval/api/task.py ``construct_requests``), so a
+    COPA choice, which begins with a space, is scored after two."""
+    requests = []
+    for index in range(instance.n_options):
+        context, choice = instance.option(index)
+        requests.append((context, TARGET_DELIMITER + choice))
+    return requests
 
 
 def encode_pairs(
@@ -673,33 +747,41 @@ def choice_predictions(logprobs: Sequence[float], choice_lengths: Sequence[int])
     return _argmax(logprobs), _argmax(normalized)
 
 
-def _accuracy(correct: Sequence[float], key: str) -> dict[str, float]:
+def _accuracy(correct: Sequence[float], key: str) -> dict[str, Any]:
+    """``key``, its stderr (lm-eval's) and ``{key}_ci95``: the 95 % percentile bootstrap interval
+    of the mean over the items (seeded, so the same as the suite's ``intervals`` entry for the
+    metric), chosen over mean ± 1.96 · stderr because it stays within [0, 1] (COPA's 0.85 of 20
+    would otherwise reach 1.01)."""
     n = len(correct)
-    return {key: sum(correct) / n if n else math.nan, f"{key}_stderr": mean_stderr(correct)}
+    return {
+        key: sum(correct) / n if n else math.nan,
+        f"{key}_stderr": mean_stderr(correct),
+        f"{key}_ci95": list(bootstrap_interval(Measurement.of_mean(correct))),
+    }
 
 
-def score_task(
-    model,
-    tokenizer,
-    task: NLUTask | str,
-    instances: Sequence[Instance],
-    *,
-    batch_size: int = 16,
+@dataclass(frozen=True)
+class ItemOutcomes:
+    """Per-item results of one task, in the order of its instances: ``correct[metric]`` is 1.0 or
+    0.0 per item for ``acc`` (and ``acc_norm`` for multiple choice); ``target_logprobs`` holds
+    LAMBADA's log p(target) per item."""
+
+    correct: dict[str, list[float]]
+    target_logprobs: list[float]
+
+
+def score_items(
+    model, tokenizer, task: NLUTask, instances: Sequence[Instance], *, batch_size: int = 16,
     progress: ProgressCallback | None = None,
-) -> dict[str, float]:
-    """Metrics of one task on the given instances: ``acc``, ``acc_stderr``, ``n``, plus
-    ``acc_norm``/``acc_norm_stderr`` for multiple choice and ``perplexity`` for LAMBADA."""
-    if isinstance(task, str):
-        task = NLU_TASKS[check_task_names([task])[0]]
-    pairs: list[tuple[str, str]] = []
-    lengths: list[int] = []
+) -> ItemOutcomes:
+    """Score every option of every instance (:func:`option_requests`) and judge each item."""
+    requests: list[tuple[str, str]] = []
+    lengths: list[int] = []  # lm-eval's completion_len: the choice without the delimiter
     for instance in instances:
-        for option in range(instance.n_options):
-            context, choice = instance.option(option)
-            pairs.append((context, join_choice(context, choice)))
-            lengths.append(len(choice))
+        requests.extend(option_requests(instance))
+        lengths.extend(len(instance.option(i)[1]) for i in range(instance.n_options))
     report = (lambda done, total: progress(task.name, done, total)) if progress else None
-    scores = loglikelihoods(model, tokenizer, pairs, batch_size=batch_size, progress=report)
+    scores = loglikelihoods(model, tokenizer, requests, batch_size=batch_size, progress=report)
 
     correct, correct_norm, target_logprobs = [], [], []
     offset = 0
@@ -714,56 +796,158 @@ def score_task(
         prediction, prediction_norm = choice_predictions([s.logprob for s in options], option_lengths)
         correct.append(float(prediction == instance.gold))
         correct_norm.append(float(prediction_norm == instance.gold))
-
-    metrics: dict[str, float] = _accuracy(correct, "acc")
+    outcomes = {"acc": correct}
     if task.scoring == MULTIPLE_CHOICE:
-        metrics.update(_accuracy(correct_norm, "acc_norm"))
+        outcomes["acc_norm"] = correct_norm
+    return ItemOutcomes(outcomes, target_logprobs)
+
+
+def task_metrics(task: NLUTask, outcomes: ItemOutcomes) -> dict[str, Any]:
+    """``acc``, ``acc_stderr``, ``acc_ci95``, ``n``, plus ``acc_norm``/``acc_norm_stderr``/
+    ``acc_norm_ci95`` for multiple choice, ``perplexity`` for LAMBADA and the task's ``note``."""
+    metrics: dict[str, Any] = {}
+    for metric, values in outcomes.correct.items():
+        metrics.update(_accuracy(values, metric))
     if task.scoring == GREEDY:
-        mean_logprob = sum(target_logprobs) / len(target_logprobs) if target_logprobs else math.nan
-        metrics["perplexity"] = math.exp(-mean_logprob) if target_logprobs else math.nan
-    metrics["n"] = len(instances)
+        logprobs = outcomes.target_logprobs
+        metrics["perplexity"] = math.exp(-sum(logprobs) / len(logprobs)) if logprobs else math.nan
+    metrics["n"] = len(outcomes.correct["acc"])
+    if task.note:
+        metrics["note"] = task.note
     return metrics
 
 
-def paper_average(results: dict[str, dict[str, float]]) -> dict[str, Any] | None:
-    """Mean of the headline metrics of the PAPER_NLU_AVG tasks present in ``results``."""
-    present = [name for name in PAPER_NLU_AVG if name in results]
-    if not present:
-        return None
-    values = [results[name][NLU_TASKS[name].headline] for name in present]
-    return {"acc": sum(values) / len(values), "tasks": present}
-
-
-def evaluate_nlu(
+def score_task(
     model,
     tokenizer,
-    tasks: Sequence[str] = PAPER_NLU_AVG,
+    task: NLUTask | str,
+    instances: Sequence[Instance],
+    *,
+    batch_size: int = 16,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Metrics of one task on the given instances (:func:`task_metrics`)."""
+    if isinstance(task, str):
+        task = NLU_TASKS[check_task_names([task])[0]]
+    outcomes = score_items(model, tokenizer, task, instances, batch_size=batch_size, progress=progress)
+    return task_metrics(task, outcomes)
+
+
+def _headline(task: str) -> str:
+    return NLU_TASKS[task].headline
+
+
+def _summed_acc(task: str) -> str:
+    return "acc"
+
+
+# name -> the metric each task contributes to that average
+AVERAGES: dict[str, Callable[[str], str]] = {"avg6_lm_eval": _headline, "avg6_summed_acc": _summed_acc}
+
+
+def nlu_averages(outcomes: dict[str, ItemOutcomes]) -> dict[str, Measurement]:
+    r"""The two averages over the NLU_AVG6_TASKS present in ``outcomes`` (none when none is),
+    as per-item measurements: one stratum per task, in NLU_AVG6_TASKS order, so a bootstrap
+    (paired or not) resamples items within each task and the value is the mean of the task
+    means.
+
+    * ``avg6_lm_eval``: each task's headline metric, i.e. ``acc_norm`` where the task's
+      lm-evaluation-harness config reports it (EleutherAI/lm-evaluation-harness,
+      lm_eval/tasks/piqa/piqa.yaml, arc/arc_easy.yaml which arc_challenge.yaml includes,
+      hellaswag/hellaswag.yaml) and ``acc`` for copa, winogrande and pubmedqa, on lm-eval's
+      prompts.
+    * ``avg6_summed_acc``: plain ``acc`` of every task, the choice with the highest summed
+      log-likelihood of its tokens: the UNDIAL paper's scoring (dong-river/LLM_unlearning,
+      utils/benchmark.py ``classification_verbalizer``: argmin of the summed token NLL, no
+      length normalisation). It uses lm-eval's prompts with the paper's ``acc`` scoring, not
+      the paper's own prompts (utils/data_utils.py ``Custom_Dataset.convert_to_features``: the
+      bare goal/question/premise/ctx, then " " + the choice; PubMedQA "Context: {abstract}\n
+      Question: {question}\nAnswer:"). From the local files those can be rebuilt for PIQA
+      (though 230 solutions of 118 items lost surrounding whitespace), COPA (premise = query
+      without its connective + ".", choices capitalised again), WinoGrande (the sentence up to
+      the blank, then " " + option + " " + rest) and PubMedQA (the paper's own 500-item file is
+      the shared data's reference/pubmed_qa.csv), but not for ARC-Challenge (the paper scores
+      the 299-item validation split; the local file is the 1,172-item test split) nor HellaSwag
+      (the paper scores HF's raw ``ctx`` and endings; the local file has the WikiHow markup
+      rewritten already). An average of partly rebuilt prompts would follow neither protocol,
+      so all six keep lm-eval's. The paper's code also averages per-batch accuracies; this is
+      the per-item mean.
+    """
+    present = [task for task in NLU_AVG6_TASKS if task in outcomes]
+    if not present:
+        return {}
+    return {
+        name: Measurement("mean_of_means", {task: outcomes[task].correct[metric_of(task)] for task in present})
+        for name, metric_of in AVERAGES.items()
+    }
+
+
+@dataclass(frozen=True)
+class NLUEvaluation:
+    """What :func:`measure_nlu` found: ``results`` (see :func:`evaluate_nlu`) and the per-item
+    ``measurements`` behind them, keyed by their path in ``results``: ``"{task}.{metric}"`` for
+    each task's headline metric and ``acc``, and ``"avg6_lm_eval"``/``"avg6_summed_acc"``."""
+
+    results: dict[str, Any]
+    measurements: dict[str, Measurement]
+
+
+def measure_nlu(
+    model,
+    tokenizer,
+    tasks: Sequence[str] = NLU_AVG6_TASKS,
     *,
     nlu_dir: Path | None = None,
     limit: int | None = None,
     batch_size: int = 16,
     progress: ProgressCallback | None = None,
-) -> dict:
-    """Zero-shot accuracy of ``model`` on each task, plus the paper's NLU average.
+) -> NLUEvaluation:
+    """Zero-shot accuracy of ``model`` on each task and the two averages, with per-item values.
 
-    Returns ``{task: {"acc", "acc_stderr", ["acc_norm", "acc_norm_stderr",] ["perplexity",]
-    "n"}, ..., "paper_avg": {"acc": mean headline metric, "tasks": [names averaged]}}``;
-    ``paper_avg`` is left out when none of PAPER_NLU_AVG was evaluated. The headline metric of
-    a task is ``NLU_TASKS[name].headline``. ``limit`` takes the same seeded subset of each
-    task every run. ``progress(task, done, total)`` counts model input sequences of a task.
+    ``limit`` takes the same seeded subset of each task every run, kept in file order, so every
+    model is measured on the same items in the same order. ``progress(task, done, total)``
+    counts model input sequences of a task.
     """
     names = check_task_names(tasks)
     directory = resolve_nlu_dir(nlu_dir, names)
     if limit is not None and limit < 1:
         raise UserError(f"--nlu-limit must be at least 1, got {limit}")
     results: dict[str, Any] = {}
+    measurements: dict[str, Measurement] = {}
+    outcomes: dict[str, ItemOutcomes] = {}
     for name in names:
         task = NLU_TASKS[name]
         instances = select_subset(task.load(directory / task.filename), limit)
-        results[name] = score_task(
-            model, tokenizer, task, instances, batch_size=batch_size, progress=progress
-        )
-    average = paper_average(results)
-    if average is not None:
-        results["paper_avg"] = average
-    return results
+        outcomes[name] = score_items(model, tokenizer, task, instances, batch_size=batch_size, progress=progress)
+        results[name] = task_metrics(task, outcomes[name])
+        for metric in dict.fromkeys((task.headline, "acc")):
+            measurements[f"{name}.{metric}"] = Measurement.of_mean(outcomes[name].correct[metric])
+    for average, measurement in nlu_averages(outcomes).items():
+        results[average] = {
+            "acc": measurement.value(),
+            "tasks": list(measurement.units),
+            "ci95": list(bootstrap_interval(measurement)),  # items resampled within each task
+        }
+        measurements[average] = measurement
+    return NLUEvaluation(results, measurements)
+
+
+def evaluate_nlu(
+    model,
+    tokenizer,
+    tasks: Sequence[str] = NLU_AVG6_TASKS,
+    *,
+    nlu_dir: Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    progress: ProgressCallback | None = None,
+) -> dict:
+    """The results of :func:`measure_nlu` without the per-item values:
+    ``{task: {"acc", "acc_stderr", "acc_ci95", ["acc_norm", "acc_norm_stderr",
+    "acc_norm_ci95",] ["perplexity",] "n", ["note"]}, ..., "avg6_lm_eval": {"acc", "tasks",
+    "ci95"}, "avg6_summed_acc": {...}}``; the averages are left out when none of NLU_AVG6_TASKS
+    was evaluated, and average the ones that were (listed in ``tasks``).
+    """
+    return measure_nlu(
+        model, tokenizer, tasks, nlu_dir=nlu_dir, limit=limit, batch_size=batch_size, progress=progress
+    ).results

@@ -10,7 +10,7 @@ positions t = 1..T-1, token x_t predicted from the prefix x_<t.
 * :func:`membership_scores`, :func:`auc`, :func:`mia_report` — loss-based membership inference
   (Yeom et al. 2018), the zlib ratio of Carlini et al. (2021), Min-K% Prob (Shi et al. 2024) and
   Min-K%++ (Zhang et al. 2024), scored by ROC AUC of forget-set vs unseen reference text.
-* :func:`paper_extraction_likelihood` — a sampled (top-p) EL_n estimate at coarse cut points.
+* :func:`undial_extraction_likelihood` — EL_n as the UNDIAL paper's code samples it.
 * :func:`reference_thresholds` — MA and EL_n on unseen text: the level at which Jang et al.
   (2022) call a forget set forgotten.
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -54,7 +54,6 @@ from unmemorize.metrics.memorization import (
     el_values,
     first_mismatches,
     greedy_continuations,
-    ngram_overlap,
     requested_tokens,
     teacher_forced_pass,
 )
@@ -73,17 +72,24 @@ def extractable(
     model: torch.nn.Module,
     sequences: Sequence[Sequence[int]],
     *,
-    prefix_tokens: int = 100,
+    prefix_tokens: int = 50,
     suffix_tokens: int = 50,
+    text_start: int = 0,
     batch_size: int = 32,
     pad_token_id: int = 0,
     progress: ProgressCallback | None = None,
 ) -> dict:
-    """Greedy verbatim extraction of each sample's suffix from its prefix.
+    """Greedy verbatim extraction of each sample's suffix from its prefix: k-extractability
+    (Carlini et al. 2021, "Extracting Training Data from Large Language Models"; Carlini et al.
+    2023, "Quantifying Memorization Across Neural Language Models") with a fixed k-token prefix
+    and m-token suffix, 50 and 50 by default as in the Training Data Extraction Challenge
+    (google-research/lm-extraction-benchmark). The challenge's prompt is tokens 100-149 of its
+    200-token samples with the first 100 withheld; here the prompt starts at the text's start.
 
-    The prompt is x[:prefix_tokens]; the true suffix is s = x[prefix_tokens:prefix_tokens +
-    suffix_tokens] (shorter when the sample ends sooner: L = len(s) tokens, reported as
-    ``suffix_length``); g is the greedy continuation of the prompt, L tokens long. Per sample:
+    Positions are counted in text tokens: the first ``text_start`` tokens (BOS) are context the
+    tokenizer adds and count toward neither part. The prompt is x[:text_start + k]; the true
+    suffix is s = the next m tokens; g is the greedy continuation of the prompt, m tokens long.
+    Per sample:
 
     * ``exact``: g == s (every one of the L suffix tokens reproduced);
     * ``longest_prefix_match``: the largest k with g[:k] == s[:k];
@@ -91,9 +97,9 @@ def extractable(
       run of consecutive positions where the generated token equals the true token at the same
       position (a shifted copy does not count).
 
-    Samples with fewer than ``prefix_tokens + 1`` tokens have no suffix to extract; they are
-    skipped rather than scored with a shorter prompt (a shorter prompt is a different, easier
-    or harder, attack) and their input indices are listed in ``skipped``.
+    Samples with fewer than k + m text tokens are skipped rather than scored on a shorter
+    prompt or suffix (a different, easier or harder, attack); their input indices are listed in
+    ``skipped``, so the denominator is always said.
 
     Returns ``{"fraction_extractable", "samples", "skipped", "prefix_tokens", "suffix_tokens"}``;
     ``samples`` holds one dict per scored sample, in input order, with its input ``index``.
@@ -104,9 +110,11 @@ def extractable(
     check_positive("suffix_tokens", suffix_tokens)
     check_positive("batch_size", batch_size)
     sequences = [[int(token) for token in seq] for seq in sequences]
-    scored = [i for i, seq in enumerate(sequences) if len(seq) > prefix_tokens]
-    skipped = [i for i, seq in enumerate(sequences) if len(seq) <= prefix_tokens]
-    suffixes = {i: sequences[i][prefix_tokens : prefix_tokens + suffix_tokens] for i in scored}
+    prompt_end = text_start + prefix_tokens
+    end = prompt_end + suffix_tokens
+    scored = [i for i, seq in enumerate(sequences) if len(seq) >= end]
+    skipped = [i for i, seq in enumerate(sequences) if len(seq) < end]
+    suffixes = {i: sequences[i][prompt_end:end] for i in scored}
 
     on_tokens = token_counter(progress, sum(len(suffix) for suffix in suffixes.values()))
     # Equal suffix lengths share a batch, so no row generates tokens it throws away.
@@ -117,7 +125,7 @@ def extractable(
             batch = order[start : start + batch_size]
             continuations = decode(
                 model,
-                [sequences[i][:prefix_tokens] for i in batch],
+                [sequences[i][:prompt_end] for i in batch],
                 [len(suffixes[i]) for i in batch],
                 choose_argmax,
                 pad_token_id=pad_token_id,
@@ -165,22 +173,20 @@ class ExtractionRequests:
     continuation from the first mispredicted position m >= prefix_tokens is generated (and
     shared with EL's continuation of the same m)."""
 
-    def __init__(self, sequences, first_mismatch, prefix_tokens, suffix_tokens, requests):
+    def __init__(self, sequences, first_mismatch, prefix_tokens, suffix_tokens, requests, text_start=0):
         check_positive("prefix_tokens", prefix_tokens)
         check_positive("suffix_tokens", suffix_tokens)
         self.sequences, self.prefix_tokens, self.suffix_tokens = sequences, prefix_tokens, suffix_tokens
-        self.skipped = [i for i, seq in enumerate(sequences) if len(seq) <= prefix_tokens]
-        self.suffixes = {
-            i: seq[prefix_tokens : prefix_tokens + suffix_tokens]
-            for i, seq in enumerate(sequences) if len(seq) > prefix_tokens
-        }
+        self.start = text_start + prefix_tokens
+        end = self.start + suffix_tokens
+        self.skipped = [i for i, seq in enumerate(sequences) if len(seq) < end]
+        self.suffixes = {i: seq[self.start : end] for i, seq in enumerate(sequences) if len(seq) >= end}
         self.mismatch = {}
         for i, suffix in self.suffixes.items():
-            m = first_mismatch[i][prefix_tokens]
-            if m is not None and m < prefix_tokens + len(suffix):
+            m = first_mismatch[i][self.start]
+            if m is not None and m < end:
                 self.mismatch[i] = m
-                needed = prefix_tokens + len(suffix) - m
-                requests[(i, m)] = max(requests.get((i, m), 0), needed)
+                requests[(i, m)] = max(requests.get((i, m), 0), end - m)
 
     def result(self, continuations: dict[tuple[int, int], list[int]]) -> dict:
         generated = {}
@@ -189,8 +195,8 @@ class ExtractionRequests:
             if m is None:
                 generated[i] = list(suffix)
             else:
-                end = self.prefix_tokens + len(suffix)
-                generated[i] = self.sequences[i][self.prefix_tokens : m] + continuations[(i, m)][: end - m]
+                end = self.start + len(suffix)
+                generated[i] = self.sequences[i][self.start : m] + continuations[(i, m)][: end - m]
         return _extraction_result(
             self.sequences, generated, self.suffixes, self.skipped, self.prefix_tokens, self.suffix_tokens
         )
@@ -402,41 +408,59 @@ def mia_summary(
     }
 
 
-# --- sampled extraction likelihood ----------------------------------------------------------
+# --- extraction likelihood as the UNDIAL authors' code samples it ---------------------------
 
 
-def paper_extraction_likelihood(
+def undial_overlap(generated: Sequence[int], target: Sequence[int], n: int) -> float:
+    """|set(n-grams of generated) ∩ set(n-grams of target)| / |set(n-grams of generated)|: the
+    n-gram *precision* of a generation, distinct n-grams only, 0.0 when the generation has no
+    n-gram or the target is empty (dong-river/LLM_unlearning, utils/eval_utils.py,
+    ``_get_overlap``). Unlike Jang et al.'s EL (memorization.ngram_overlap: generated n-grams
+    counted against the true suffix's n-gram count) a perfect copy that runs past the end of a
+    short target scores below 1."""
+    _check_ns((n,))
+    generated_ngrams = {tuple(generated[i : i + n]) for i in range(len(generated) - n + 1)}
+    if not generated_ngrams or not target:
+        return 0.0
+    target_ngrams = {tuple(target[i : i + n]) for i in range(len(target) - n + 1)}
+    return len(generated_ngrams & target_ngrams) / len(generated_ngrams)
+
+
+def undial_extraction_likelihood(
     model: torch.nn.Module,
     sequences: Sequence[Sequence[int]],
     *,
     n: int = 10,
-    cut_every: int = 40,
-    top_p: float = 0.95,
+    text_start: int = 0,
     seed: int = 0,
     batch_size: int = 128,
     pad_token_id: int = 0,
+    stop_token_ids: Sequence[int] = (),
+    recode=None,
     progress: ProgressCallback | None = None,
-) -> list[float]:
-    """EL_n per sample, paper-code variant: a SAMPLED estimate at coarse cut points.
+    **sampling,
+) -> list[list[float]]:
+    """EL_n as the UNDIAL paper's code computes it (dong-river/LLM_unlearning: main.py, the
+    memorization loop; utils/data_utils.py, ``ExtractChallengeDataset(split="test")``;
+    utils/eval_utils.py, ``get_extraction_likelihood``; utils/other_utils.py,
+    ``get_gen_args``). Returns one list per sample: the score of each of its cuts.
 
-    Prompts are x[:c] for c = cut_every, 2 * cut_every, ... < T. Each is continued for the rest
-    of the sequence (T - c tokens) by nucleus sampling at temperature 1: at every step the
-    smallest set of most likely tokens whose probability reaches ``top_p`` is kept and one is
-    drawn in proportion to its probability. The score of a cut is ``ngram_overlap``(sample,
-    x[c:], n); a sample's EL_n is the mean over the cuts whose true suffix has an n-gram
-    (0.0 when no cut has one, as in memorization.py).
+    For a sample whose text (the tokens from ``text_start`` on, after BOS) has L tokens, the
+    prompts are the first c = w, 2w, ... (L // w - 1)·w text tokens (w = ``window``, 40), each
+    continued by ``new_tokens`` (200) tokens sampled at temperature 1 from the top ``top_k`` (50,
+    transformers' default, which the code's ``generate`` call leaves in force) then the top-p
+    (0.95) nucleus of those; a row ends at its first stop token. The target is the rest of the
+    text, x[c:]. Generation and target are decoded and re-encoded by ``recode`` when given, as
+    the code does (``batch_decode`` then the tokenizer). Each (sample, cut) scores
+    :func:`undial_overlap`; the paper's EL is the mean over ALL (sample, cut) pairs, not over
+    samples (:func:`undial_mean`). (The code's loop also ``break``s after its first batch of
+    32 pairs — the first 8 samples of 200 tokens; ``--undial-el-limit 8`` reproduces that.)
 
-    Unlike memorization.extraction_likelihood (greedy, every prefix, exact) this is a random
-    estimate; compare values only between runs of this function. Every (sample, cut) draws
-    from its own torch.Generator seeded from (``seed``, sample index, c), so the result is
-    reproducible and does not depend on ``batch_size`` or on the other samples (beyond float
-    rounding flipping a draw that falls on a boundary of the cumulative distribution).
-
-    Every prompt is a prefix of its sample, so one teacher-forced pass per sample gives the
-    keys and values all its cuts continue from.
+    Every (sample, cut) draws from its own generator seeded from (``seed``, sample, cut), so the
+    value does not depend on ``batch_size`` or on the other samples.
     """
-    job = PaperEL(_check_sequences(sequences), n=n, cut_every=cut_every, top_p=top_p, seed=seed,
-                  batch_size=batch_size)
+    job = UndialEL(_check_sequences(sequences), n=n, text_start=text_start, seed=seed,
+                   batch_size=batch_size, stop_token_ids=stop_token_ids, recode=recode, **sampling)
     on_tokens = token_counter(progress, job.total_tokens)
     with evaluating(model):
         parts = split_model(model)
@@ -446,58 +470,77 @@ def paper_extraction_likelihood(
         return job.run(model, states, parts, pad_token_id=pad_token_id, on_tokens=on_tokens)
 
 
-class PaperEL:
-    """The (sample, cut) continuations of :func:`paper_extraction_likelihood`, to be run from
-    kept keys and values (see memorization's ``paper_el``) or from scratch."""
+def undial_mean(scores: Sequence[Sequence[float]]) -> float:
+    """The paper-code EL: the mean over every (sample, cut) pair; NaN when there is none."""
+    pairs = [value for sample in scores for value in sample]
+    return sum(pairs) / len(pairs) if pairs else math.nan
 
-    def __init__(self, sequences: list[list[int]], *, n: int = 10, cut_every: int = 40,
-                 top_p: float = 0.95, seed: int = 0, batch_size: int = 128):
+
+class UndialEL:
+    """The (sample, cut) generations of :func:`undial_extraction_likelihood`, run from kept keys
+    and values (see ``memorization_report``'s ``undial_el``) or from scratch."""
+
+    def __init__(self, sequences: list[list[int]], *, n: int = 10, window: int = 40,
+                 new_tokens: int = 200, top_k: int = 50, top_p: float = 0.95, text_start: int = 0,
+                 seed: int = 0, batch_size: int = 128, stop_token_ids: Sequence[int] = (),
+                 recode=None):
         _check_ns((n,))
-        check_positive("cut_every", cut_every)
-        check_positive("batch_size", batch_size)
+        for name, value in (("window", window), ("new_tokens", new_tokens), ("top_k", top_k),
+                            ("batch_size", batch_size)):
+            check_positive(name, value)
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
             raise UserError(f"top_p must be in (0, 1], got {top_p!r}")
-        self.sequences, self.n, self.top_p, self.seed = sequences, n, float(top_p), seed
-        self.batch_size = batch_size
-        # Cuts whose suffix is shorter than n have no n-gram and would score nothing.
+        self.sequences, self.n, self.top_k, self.top_p = sequences, n, top_k, float(top_p)
+        self.seed, self.batch_size, self.new_tokens = seed, batch_size, new_tokens
+        self.stop_token_ids, self.recode = set(stop_token_ids), recode
+        # (sample, prompt length in tokens, BOS included); range(1, L // w) as in the code.
         self.jobs = [
-            (i, cut)
+            (i, text_start + window * k)
             for i, seq in enumerate(sequences)
-            for cut in range(cut_every, len(seq), cut_every)
-            if len(seq) - cut >= n
+            for k in range(1, max(len(seq) - text_start, 0) // window)
         ]
-        # Longest continuations first: rows of a batch then need similar numbers of new tokens.
-        self.jobs.sort(key=lambda job: (len(sequences[job[0]]) - job[1], job), reverse=True)
-        self.total_tokens = sum(len(sequences[i]) - cut for i, cut in self.jobs)
+        self.total_tokens = len(self.jobs) * new_tokens
 
     def run(self, model: torch.nn.Module, states: list[PrefixState] | None,
-            parts: ModelParts | None, *, pad_token_id: int, on_tokens=None) -> list[float]:
-        """EL_n per sample; ``states`` (per sample, with ``parts``) spare the prompts' prefill."""
+            parts: ModelParts | None, *, pad_token_id: int, on_tokens=None) -> list[list[float]]:
+        """Scores per sample and cut; ``states`` (per sample, with ``parts``) spare the prefill."""
         sequences, device = self.sequences, model_device(model)
         generators = [_job_generator(self.seed, i, cut, device) for i, cut in self.jobs]
-        lengths = [len(sequences[i]) - cut for i, cut in self.jobs]
+        lengths = [self.new_tokens] * len(self.jobs)
         if states is not None:  # x[:cut-1] from the kept keys and values, then x[cut-1] fed
-            continuations = decode_from_states(
+            generated = decode_from_states(
                 parts, [states[i] for i, _ in self.jobs], [cut - 1 for _, cut in self.jobs],
                 [sequences[i][cut - 1] for i, cut in self.jobs], lengths,
-                lambda logits, rows: _top_p_sample(logits, self.top_p, [generators[r] for r in rows]),
+                lambda logits, rows: self._sample(logits, [generators[r] for r in rows]),
                 batch_size=self.batch_size, pad_token_id=pad_token_id, on_tokens=on_tokens,
             )
         else:
-            continuations = []
+            generated = []
             for start in range(0, len(self.jobs), self.batch_size):
                 batch = self.jobs[start : start + self.batch_size]
                 batch_generators = generators[start : start + self.batch_size]
-                continuations += decode(
-                    model, [sequences[i][:cut] for i, cut in batch],
-                    lengths[start : start + self.batch_size],
-                    lambda logits, _step: _top_p_sample(logits, self.top_p, batch_generators),
+                generated += decode(
+                    model, [sequences[i][:cut] for i, cut in batch], lengths[start : start + len(batch)],
+                    lambda logits, _step, g=batch_generators: self._sample(logits, g),
                     pad_token_id=pad_token_id, on_tokens=on_tokens,
                 )
-        overlaps: dict[int, list[float]] = {i: [] for i in range(len(sequences))}
-        for (i, cut), tokens in zip(self.jobs, continuations):
-            overlaps[i].append(ngram_overlap(tokens, sequences[i][cut:], self.n))
-        return [_mean(overlaps[i]) if overlaps[i] else 0.0 for i in range(len(sequences))]
+        scores: list[list[float]] = [[] for _ in sequences]
+        for (i, cut), tokens in zip(self.jobs, generated):
+            tokens, target = self._until_stop(tokens), sequences[i][cut:]
+            if self.recode is not None:
+                tokens, target = self.recode(tokens), self.recode(target)
+            scores[i].append(undial_overlap(tokens, target, self.n))
+        return scores
+
+    def _until_stop(self, tokens: list[int]) -> list[int]:
+        # generate() ends a row at its end-of-text token; batch_decode(skip_special_tokens) drops it.
+        for position, token in enumerate(tokens):
+            if token in self.stop_token_ids:
+                return tokens[:position]
+        return tokens
+
+    def _sample(self, logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        return top_k_top_p_sample(logits, self.top_k, self.top_p, generators)
 
 
 def _job_generator(seed: int, index: int, cut: int, device: torch.device) -> torch.Generator:
@@ -508,14 +551,18 @@ def _job_generator(seed: int, index: int, cut: int, device: torch.device) -> tor
     return generator
 
 
-def _top_p_sample(
-    logits: torch.Tensor, top_p: float, generators: list[torch.Generator]
+def top_k_top_p_sample(
+    logits: torch.Tensor, top_k: int, top_p: float, generators: list[torch.Generator]
 ) -> torch.Tensor:
-    """One token per row of [rows, V] logits from the top-p nucleus; row r draws its uniform
-    with generators[r], so its randomness is independent of what it is batched with."""
+    """One token per row of [rows, V] logits, as transformers' sampling with TopK then TopP
+    warpers: the ``top_k`` most likely tokens, renormalized, then the smallest set of them whose
+    mass reaches ``top_p``. Row r draws its uniform with generators[r]."""
     probs = torch.softmax(at_least_float32(logits), dim=-1)
+    top_probs, top_ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+    top_probs = top_probs / top_probs.sum(dim=-1, keepdim=True)
     uniforms = torch.cat([torch.rand(1, generator=g, device=g.device) for g in generators])
-    return nucleus_sample(probs, top_p, uniforms.to(probs.device))
+    picked = nucleus_sample(top_probs, top_p, uniforms.to(probs.device))
+    return top_ids.gather(-1, picked[:, None]).squeeze(-1)
 
 
 # --- everything from one teacher-forced pass ------------------------------------------------
@@ -534,7 +581,8 @@ def memorization_report(
     pad_token_id: int = 0,
     k_percent: float = 20.0,
     extraction: tuple[int, int] | None = None,
-    paper_el: dict | None = None,
+    text_start: int = 0,
+    undial_el: dict | None = None,
     progress: ProgressCallback | None = None,
 ) -> MemorizationResult:
     """:func:`unmemorize.metrics.memorization.memorization` plus, from the same teacher-forced
@@ -542,12 +590,13 @@ def memorization_report(
 
     * ``texts`` (one per sample): :func:`membership_scores` with ``k_percent``, in
       ``result.membership`` (full fp32 logits then give MA's argmax too);
-    * ``extraction=(prefix_tokens, suffix_tokens)``: :func:`extractable`, in
-      ``result.extraction``; the identity of memorization.py spares the continuation wherever the
-      model predicts the true suffix, and a continuation EL also needs is generated once;
-    * ``paper_el``: keyword arguments of :func:`paper_extraction_likelihood` (``n``,
-      ``cut_every``, ``top_p``, ``seed``, ``batch_size``) plus ``limit`` (the first ``limit``
-      samples only), in ``result.paper_el``; its prompts continue from the pass's keys and values.
+    * ``extraction=(prefix_tokens, suffix_tokens)``: :func:`extractable` (with ``text_start``),
+      in ``result.extraction``; the identity of memorization.py spares the continuation wherever
+      the model predicts the true suffix, and a continuation EL also needs is generated once;
+    * ``undial_el``: keyword arguments of :func:`undial_extraction_likelihood` (``n``, ``seed``,
+      ``window``, ``new_tokens``, ``top_k``, ``top_p``, ``stop_token_ids``, ``recode``,
+      ``batch_size``) plus ``limit`` (the first ``limit`` samples only), in
+      ``result.undial_el``; its prompts continue from the pass's keys and values.
 
     ``progress(done, total)`` counts every generated token, greedy and sampled.
     """
@@ -558,10 +607,10 @@ def memorization_report(
     if texts is not None:
         texts = _check_texts(texts, sequences, k_percent)
     sampled = None
-    if paper_el:
-        options = dict(paper_el)
+    if undial_el:
+        options = dict(undial_el)
         limit = options.pop("limit", None)
-        sampled = PaperEL(sequences[:limit] if limit else sequences, **options)
+        sampled = UndialEL(sequences[:limit] if limit else sequences, text_start=text_start, **options)
     with evaluating(model):
         prepared = teacher_forced_pass(
             model, sequences, batch_size=batch_size, pad_token_id=pad_token_id,
@@ -574,7 +623,7 @@ def memorization_report(
         first = first_mismatches(sequences, prepared.predictions)
         requests: dict[tuple[int, int], int] = {}
         scored = el_requests(sequences, first, ns, el_stride, requests) if ns else []
-        attack = ExtractionRequests(sequences, first, *extraction, requests) if extraction else None
+        attack = ExtractionRequests(sequences, first, *extraction, requests, text_start) if extraction else None
         on_tokens = token_counter(
             progress, requested_tokens(requests) + (sampled.total_tokens if sampled else 0)
         )
@@ -586,7 +635,7 @@ def memorization_report(
         result.extraction = attack.result(continuations) if attack else None
         if sampled is not None:
             states = prepared.states[: len(sampled.sequences)] if prepared.states else None
-            result.paper_el = sampled.run(
+            result.undial_el = sampled.run(
                 model, states, prepared.parts, pad_token_id=pad_token_id, on_tokens=on_tokens
             )
     return result

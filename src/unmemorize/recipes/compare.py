@@ -8,8 +8,10 @@ The YAML file:
     retain: retain.txt            # optional, for every run (gd and kl need it)
     lr: 2e-3                      # any `unlearn` option, shared by every run
     stop_ma: auto
-    eval:                         # EvalConfig fields; quick: true applies the quick setting
-      quick: true
+    seeds: [42, 43, 44]           # optional: every run once per seed, pooled in the table
+    baseline: di-g10              # optional: the run the others are also compared with
+    eval:                         # EvalConfig fields; setting: quick | standard | custom
+      setting: standard
       suites: [memorization, nlu, nlg]
     runs:
       - {name: di-g10, method: di, strength: 10}
@@ -19,7 +21,9 @@ Keys are the long option names of `unmemorize unlearn` (``strength``, ``alpha``,
 dashes or underscores). ``${VAR}`` and ``${VAR:-default}`` in values are replaced from the
 environment; relative paths are relative to the working directory. Evaluation takes
 ``max_length``, ``limit``, ``el_n``, ``el_stride`` and ``seed`` from the shared settings unless
-``eval:`` sets them; keys given under ``eval:`` win over ``quick``.
+``eval:`` sets them; keys given under ``eval:`` win over the setting (``quick: true`` is
+``setting: quick``). With ``seeds``, run NAME becomes NAME-sSEED for each seed; the table pools
+them (mean over seeds, t interval) and the paired differences average each item over seeds.
 
 What happens: the original model is evaluated once (row ``original``), then each run is trained
 with `unlearn` (weights under ``--runs-dir``) and evaluated with `run_eval`, perplexity of
@@ -27,32 +31,38 @@ generations judged by the original model for every row. Each finished run leaves
 ``OUT/evals/NAME.json`` with the request it answers; re-running skips a run whose request is
 unchanged ("skip NAME (done)") and redoes one whose settings changed. A run trained but not yet
 evaluated keeps its weights (``RUNS/NAME`` and ``RUNS/NAME.request.json``) and is only evaluated.
-Results: ``comparison.md``, ``comparison.csv``, ``comparison.json`` (one row per model) and the
-trade-off plot ``tradeoff.png`` with its data in ``tradeoff.csv``. The results folder holds only
+Results: ``comparison.md`` (values with 95 % intervals, the forgotten verdict against the
+original's unseen-text level, paired differences against the original and the baseline),
+``comparison.csv``, ``comparison.json`` (one row per run, one pooled row per group) and the
+trade-off plot ``tradeoff.png`` (error bars; per-epoch curves of runs trained with
+``unseen_every_epoch``) with its data in ``tradeoff.csv``. The results folder holds only
 small files; model weights stay under ``--runs-dir``."""
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import (
-    EVAL_FROM_UNLEARN, EvalConfig, UnlearnConfig, as_json, defaults, expand_env, from_mapping, quick_evaluation, read_yaml,
+    EVAL_FROM_UNLEARN, EvalConfig, UnlearnConfig, as_json, defaults, evaluation_setting, expand_env, from_mapping,
+    read_yaml,
 )
 from ..errors import UserError
 from ..events import Events
 from ..methods import METHODS
-from ..paths import write_atomic, write_json
+from ..paths import data_relative, portable, write_atomic, write_json
+from ..reporting.comparison import Finished, build, comparison_markdown
 from ..reporting.plots import UTILITY_PANELS, tradeoff_plot
-from ..reporting.tables import comparison_markdown, csv_text, flatten
+from ..reporting.tables import csv_text
 from ..suites import check_inputs
 from .evaluate import run_eval
 from .unlearn import resolve_method, unlearn
 
 ORIGINAL = "original"
+# Keys of the comparison file that are not `unlearn` options.
+TOP_LEVEL = ("runs", "eval", "seeds", "baseline")
 # Set by compare itself for every run.
 RUN_MANAGED = frozenset({"out", "overwrite", "resume", "checkpoint_dir"})
 EVAL_MANAGED = frozenset({"model", "original", "judge", "forget"})
@@ -64,6 +74,7 @@ class RunSpec:
     name: str
     method: str
     overrides: dict[str, Any]  # UnlearnConfig fields this run sets
+    group: str = ""  # the run's name before a seed suffix
 
 
 @dataclass
@@ -72,9 +83,9 @@ class CompareConfig:
 
     shared: dict[str, Any]  # UnlearnConfig fields (model and forget included)
     eval: dict[str, Any]  # EvalConfig fields given explicitly
-    quick: bool
     runs: list[RunSpec]
     source: str = ""
+    baseline: str | None = None
 
     @property
     def model(self) -> str:
@@ -91,6 +102,8 @@ class RunPlan:
     eval: EvalConfig
     request: dict  # what the row's results answer; a different request reruns the row
     params: str = ""  # the key hyper-parameters, for the table
+    group: str = ""
+    seed: int | None = None
 
 
 # --- the configuration file --------------------------------------------------------------------
@@ -110,7 +123,18 @@ def _run_spec(index: int, run: dict, source: str, seen: set) -> RunSpec:
         raise UserError(f"run {name!r} in {source} needs a `method`")
     overrides = from_mapping(UnlearnConfig, {k: v for k, v in run.items() if k != "name"},
                              f"run {name!r} of {source}", refused=RUN_MANAGED)
-    return RunSpec(name=name, method=str(overrides["method"]), overrides=overrides)
+    return RunSpec(name=name, method=str(overrides["method"]), overrides=overrides, group=name)
+
+
+def _seeded(specs: list[RunSpec], seeds: Any, source: str) -> list[RunSpec]:
+    """Each run once per seed (NAME-sSEED), or as it is without ``seeds``."""
+    if seeds is None:
+        return specs
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise UserError(f"`seeds` in {source} must be a list of distinct integers, not {seeds!r}")
+    return [RunSpec(f"{spec.name}-s{seed}", spec.method, {**spec.overrides, "seed": seed}, spec.name)
+            for spec in specs for seed in seeds]
 
 
 def parse_config(data: Any, source: str = "the config") -> CompareConfig:
@@ -126,18 +150,25 @@ def parse_config(data: Any, source: str = "the config") -> CompareConfig:
     eval_data = data.get("eval") or {}
     if not isinstance(eval_data, dict):
         raise UserError(f"`eval` in {source} must be a mapping of evaluation settings")
-    shared = from_mapping(UnlearnConfig, {k: v for k, v in data.items() if k not in ("runs", "eval")}, source,
+    shared = from_mapping(UnlearnConfig, {k: v for k, v in data.items() if k not in TOP_LEVEL}, source,
                           refused=RUN_MANAGED)
     if "forget" not in shared:
         raise UserError(f"{source} needs `forget`: the texts to forget")
     quick = eval_data.get("quick", False)
     if not isinstance(quick, bool):
         raise UserError(f"'quick' in eval: of {source} must be true or false, not {quick!r}")
-    explicit_eval = from_mapping(EvalConfig, {k: v for k, v in eval_data.items() if k != "quick"},
+    if quick and eval_data.get("setting", "quick") != "quick":
+        raise UserError(f"eval: of {source} sets both quick and setting {eval_data['setting']!r}; keep one")
+    explicit_eval = from_mapping(EvalConfig, {**{k: v for k, v in eval_data.items() if k != "quick"},
+                                              **({"setting": "quick"} if quick else {})},
                                  f"eval: of {source}", refused=EVAL_MANAGED)
     seen: set[str] = set()
     runs = [_run_spec(index, run, source, seen) for index, run in enumerate(runs_data, 1)]
-    return CompareConfig(shared=shared, eval=explicit_eval, quick=quick, runs=runs, source=source)
+    baseline = data.get("baseline")
+    if baseline is not None and baseline not in {run.name for run in runs}:
+        raise UserError(f"`baseline` in {source} must name one of the runs, not {baseline!r}")
+    runs = _seeded(runs, data.get("seeds"), source)
+    return CompareConfig(shared=shared, eval=explicit_eval, runs=runs, source=source, baseline=baseline)
 
 
 def load_config(path: Path) -> CompareConfig:
@@ -151,7 +182,7 @@ def _eval_config(config: CompareConfig, model: str, judge: str | None) -> EvalCo
     # Evaluation takes the shared unlearn settings it has in common with them unless eval: sets them.
     shared = {k: config.shared[k] for k in EVAL_FROM_UNLEARN if k in config.shared}
     cfg = EvalConfig(model=model, forget=config.shared["forget"], judge=judge, **{**shared, **config.eval})
-    return quick_evaluation(cfg, explicit=set(config.eval)) if config.quick else cfg
+    return evaluation_setting(cfg, explicit=set(config.eval) - {"setting"})
 
 
 def _hyper_parameters(cfg: UnlearnConfig) -> str:
@@ -180,11 +211,12 @@ def _run_plan(config: CompareConfig, run: RunSpec, runs_dir: Path) -> RunPlan:
     except UserError as error:
         raise UserError(f"run {run.name!r}: {error}") from None
     run_eval_cfg = _eval_config(config, str(runs_dir / run.name), judge=config.model)
-    request = {
+    request = portable({
         "unlearn": {k: v for k, v in as_json(cfg).items() if k not in RUN_MANAGED},
         "eval": {k: v for k, v in as_json(run_eval_cfg).items() if k != "model"},
-    }
-    return RunPlan(run.name, run.method, cfg, run_eval_cfg, request, _hyper_parameters(cfg))
+    })
+    return RunPlan(run.name, run.method, cfg, run_eval_cfg, request, _hyper_parameters(cfg), run.group or run.name,
+                   cfg.seed if run.group and run.group != run.name else None)
 
 
 def make_plans(config: CompareConfig, runs_dir: Path) -> list[RunPlan]:
@@ -194,7 +226,7 @@ def make_plans(config: CompareConfig, runs_dir: Path) -> list[RunPlan]:
     if "memorization" not in original_eval.suites:
         raise UserError("compare needs the memorization suite: forget-set MA is the comparison's x axis")
     plans = [RunPlan(ORIGINAL, "-", None, original_eval,
-                     request={"model": config.model, "eval": as_json(original_eval)})]
+                     request=portable({"model": config.model, "eval": as_json(original_eval)}), group=ORIGINAL)]
     return plans + [_run_plan(config, run, runs_dir) for run in config.runs]
 
 
@@ -274,35 +306,6 @@ def _run_one(plan: RunPlan, index: int, total: int, runs_dir: Path, events: Even
             "unlearn": unlearn_summary, "eval": report}
 
 
-def _row(plan: RunPlan, result: dict, el_key: str) -> dict:
-    results = result["eval"]["results"]
-    flat = flatten(next(iter(results.values())))
-    summary = result.get("unlearn") or {}
-
-    def value(key: str) -> float | None:
-        number = flat.get(key)
-        return None if number is None or (isinstance(number, float) and math.isnan(number)) else number
-
-    return {
-        "run": plan.name,
-        "method": plan.method,
-        "params": plan.params,
-        "forget_ma": value("memorization.forget.ma"),
-        f"forget_{el_key}": value(f"memorization.forget.{el_key}"),
-        "reference_ma": value("memorization.reference.ma"),
-        "extractable": value("memorization.extraction.fraction_extractable"),
-        "mia_loss_auc": value("memorization.mia.loss.auc"),
-        "nlu_avg": value("nlu.paper_avg.acc"),
-        "mauve": value("nlg.mauve"),
-        "heldout_ppl": value("nlg.heldout_ppl"),
-        "gen_ppl": value("nlg.gen_ppl"),
-        "steps": summary.get("steps"),
-        "stopped_because": summary.get("stopped_because"),
-        "train_s": summary.get("wall_time_s"),
-        "eval_s": result["eval"].get("wall_time_s"),
-    }
-
-
 def run_compare(config: CompareConfig, out_dir: Path, runs_dir: Path | None = None,
                 events: Events | None = None, run_pending: bool = True) -> dict:
     """Evaluate the original, train and evaluate every run (skipping finished ones), and write the
@@ -336,30 +339,55 @@ def run_compare(config: CompareConfig, out_dir: Path, runs_dir: Path | None = No
     return comparison
 
 
+def _el_key(plan: RunPlan) -> str:
+    # Without greedy EL (cheaper on CPU) the table shows the UNDIAL-code (sampled) EL instead.
+    return f"el_{plan.eval.el_n[0]}" + ("" if plan.eval.greedy_el else "_undial_code")
+
+
 def write_outputs(config: CompareConfig, plans: list[RunPlan], results: dict[str, dict], out_dir: Path,
                   runs_dir: Path) -> dict:
     """comparison.json/csv/md and the trade-off plot from the finished runs; pending runs are named."""
-    # Without greedy EL (cheaper on CPU) the table shows the paper-code (sampled) EL instead.
-    el_key = f"el_{plans[0].eval.el_n[0]}" + ("" if plans[0].eval.greedy_el else "_paper_code")
-    rows = [_row(plan, results[plan.name], el_key) for plan in plans if plan.name in results]
+    el_key = _el_key(plans[0])
     comparison = {
         "model": config.model,
-        "forget": config.shared["forget"],
+        "forget": data_relative(config.shared["forget"]),
         "config": config.source,
-        "runs_dir": str(runs_dir),
-        "forgotten_level_ma": rows[0]["reference_ma"] if rows and plans[0].name in results else None,
-        "rows": rows,
+        "setting": plans[0].eval.setting,
         "pending": [plan.name for plan in plans if plan.name not in results],
+        "rows": [],
     }
-    if not rows:
+    if plans[0].name not in results:  # every row is read against the original
         return comparison
+    finished = [Finished(p.name, p.group or p.name, p.method, p.params, p.seed, results[p.name])
+                for p in plans if p.name in results]
+    comparison.update(build(finished, el_key, config.baseline))
     write_json(out_dir / "comparison.json", comparison)
-    write_atomic(out_dir / "comparison.csv", csv_text(rows))
+    write_atomic(out_dir / "comparison.csv", csv_text(_flat_rows(comparison["rows"])))
     write_atomic(out_dir / "comparison.md", comparison_markdown(comparison, el_key))
-    write_atomic(out_dir / "tradeoff.png", tradeoff_plot(rows, ORIGINAL))
-    level = rows[0]["reference_ma"]
-    keys = ["run", "method", "forget_ma"] + [k for k, _ in UTILITY_PANELS] + ["reference_ma"]
-    data = [{**{k: r.get(k) for k in keys}, "is_original": r["run"] == ORIGINAL, "forgotten_level_ma": level}
-            for r in rows]
-    write_atomic(out_dir / "tradeoff.csv", csv_text(data))
+    write_atomic(out_dir / "tradeoff.png", tradeoff_plot(comparison["groups"], ORIGINAL, comparison["curves"]))
+    level = comparison["thresholds"].get("ma")
+    keys = ["group", "method", "forget_ma", "forget_ma_ci95"] + [k for key, _ in UTILITY_PANELS for k in (key, f"{key}_ci95")] \
+        + ["reference_ma", "unseen_ma_at_level"]
+    data = [{**{k: g.get(k) for k in keys}, "is_original": g["group"] == ORIGINAL, "forgotten_level_ma": level}
+            for g in comparison["groups"]]
+    write_atomic(out_dir / "tradeoff.csv", csv_text(_flat_rows(data)))
     return comparison
+
+
+def _flat_rows(rows: list[dict]) -> list[dict]:
+    """CSV cells: intervals as two columns (low, high), verdicts as their words."""
+    flat = []
+    for row in rows:
+        out: dict = {}
+        for key, value in row.items():
+            if key.endswith("_ci95"):
+                low, high = value if value else (None, None)
+                out[f"{key.removesuffix('_ci95')}_low"], out[f"{key.removesuffix('_ci95')}_high"] = low, high
+            elif isinstance(value, dict):
+                out.update({f"{key}_{k}": v for k, v in value.items()})
+            elif isinstance(value, list):
+                out[key] = " ".join(str(v) for v in value)
+            else:
+                out[key] = value
+        flat.append(out)
+    return flat

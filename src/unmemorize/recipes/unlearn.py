@@ -120,12 +120,7 @@ def resolve_auto_thresholds(config: UnlearnConfig, tokenizer, measure: ForgetMem
     wants = {name for name in ("stop_ma", "stop_el") if getattr(config, name) == "auto"}
     if not wants:
         return config, None
-    reference = config.reference or data_path(DEFAULT_REFERENCE)
-    if reference is None:
-        raise UserError("--stop-ma/--stop-el auto need unseen text: pass --reference FILE "
-                        "(or set UNMEMORIZE_DATA to the shared data folder)")
-    examples = load_examples(reference, limit=config.reference_limit)
-    sequences = [t.input_ids for t in tokenize_examples(examples, tokenizer, config.max_length)]
+    reference, sequences = reference_sequences(config, tokenizer)
     result = measure("unseen text", "stop_el" in wants, on=sequences).means()
     levels = {"stop_ma": result["ma"]} if "stop_ma" in wants else {}
     if "stop_el" in wants:
@@ -133,6 +128,16 @@ def resolve_auto_thresholds(config: UnlearnConfig, tokenizer, measure: ForgetMem
     events.message(f"unseen-text level ({len(sequences)} sequences of {Path(str(reference)).name}): "
                    + ", ".join(f"{k.upper()} {v:.3f}" for k, v in result.items()))
     return dataclasses.replace(config, **levels), {"source": str(reference), "sequences": len(sequences), **result}
+
+
+def reference_sequences(config: UnlearnConfig, tokenizer) -> tuple[str, list[list[int]]]:
+    """The unseen reference text (--reference, default under the data location), tokenized."""
+    reference = config.reference or data_path(DEFAULT_REFERENCE)
+    if reference is None:
+        raise UserError("--stop-ma/--stop-el auto and --unseen-every-epoch need unseen text: pass "
+                        "--reference FILE (or set UNMEMORIZE_DATA to the shared data folder)")
+    examples = load_examples(reference, limit=config.reference_limit)
+    return str(reference), [t.input_ids for t in tokenize_examples(examples, tokenizer, config.max_length)]
 
 
 def thresholds_reached(means: dict[str, float], config: UnlearnConfig, lowers: bool = True) -> bool:
@@ -162,6 +167,7 @@ class _Run:
     events: Events
     started: float
     identity: resume.RunIdentity | None = None
+    unseen: list[list[int]] | None = None  # --unseen-every-epoch: the reference sequences
 
 
 def _prepare(config: UnlearnConfig, events: Events) -> tuple[_Run, Path | None, dict]:
@@ -182,6 +188,8 @@ def _prepare(config: UnlearnConfig, events: Events) -> tuple[_Run, Path | None, 
     run = _Run(config, method, loaded, data, accelerator, out_dir, checkpoint_dir, None, events, started)
     run.measure = ForgetMemorization(accelerator, lambda: accelerator.unwrap_model(run.loaded.model), config,
                                      data.sequences, loaded.tokenizer.pad_token_id, events)
+    if config.unseen_every_epoch:
+        run.unseen = reference_sequences(config, loaded.tokenizer)[1]
     return run, resume_from, requested
 
 
@@ -189,6 +197,8 @@ def _start(run: _Run, resume_from: Path | None, requested: dict) -> tuple[TrainS
     """Memorization before and the resolved thresholds, or both from the checkpoint."""
     if resume_from is None:
         before = run.measure("before").to_json()
+        if run.unseen is not None:  # epoch 0 of the trade-off curve
+            before["mean"]["unseen_ma"] = run.measure("unseen text", False, on=run.unseen).means()["ma"]
         config, levels = resolve_auto_thresholds(run.config, run.loaded.tokenizer, run.measure, run.events)
         run.config = run.measure.config = config
         run.identity = resume.RunIdentity(requested, config, run.data.fingerprint, before, levels)
@@ -300,6 +310,8 @@ def _epoch_end(run: _Run, final: FinalWeights, epoch_check: EpochCheck | None) -
             else:
                 result = run.measure(f"epoch {state.epoch}", with_el=with_el)
                 state.last_evaluation, means = result, result.means()
+                if run.unseen is not None:
+                    means["unseen_ma"] = run.measure("unseen text", False, on=run.unseen).means()["ma"]
                 reason = None
                 if thresholds_reached(means, run.config, run.method.lowers_memorization):
                     reason = "memorization below --stop-ma/--stop-el" if run.method.lowers_memorization \

@@ -167,35 +167,66 @@ def tradeoff_panels(rows: list[dict]) -> list[tuple[str, str]]:
     return panels or [_FALLBACK_PANEL]
 
 
-def tradeoff_plot(rows: list[dict], original: str) -> bytes:
-    """Forget MA against utility, one labelled marker per row (``original`` starred), the
-    original's unseen-text MA (the forgotten level) as a dashed line."""
+def _error(value: float, interval) -> list[list[float]] | None:
+    """matplotlib's asymmetric error bar [[below], [above]] from a 95 % interval."""
+    if not interval or not all(finite(v) for v in interval):
+        return None
+    return [[max(0.0, value - interval[0])], [max(0.0, interval[1] - value)]]
+
+
+def tradeoff_plot(rows: list[dict], original: str, curves: dict | None = None) -> bytes:
+    """Forget MA against utility, one labelled marker per row (``original`` starred) with its
+    95 % intervals as error bars, the original's unseen-text MA (the forgotten level) as a
+    dashed line; with ``curves`` ({run: [(forget MA, unseen MA) per epoch]}) a last panel draws
+    each run's path from the original, so methods are compared at equal forgetting."""
     panels = tradeoff_panels(rows)
     level = rows[0]["reference_ma"]
     methods = sorted({r["method"] for r in rows[1:]})
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
-    figure = Figure(figsize=(6.2 * len(panels), 4.8), layout="constrained")
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    count = len(panels) + (1 if curves else 0)
+    figure = Figure(figsize=(6.2 * count, 4.8), layout="constrained")
+    axes = figure.subplots(1, count, squeeze=False)[0]
     legend: dict = {}
     for ax, (key, label) in zip(axes, panels):
-        points = [(row["run"], row["method"], row["forget_ma"], row[key]) for row in rows
-                  if row["forget_ma"] is not None and row[key] is not None]
-        for run, method, x, y in points:
-            if run == original:
-                legend["original"] = ax.scatter([x], [y], marker="*", s=260, color="black", zorder=4)
-            else:
-                legend[method] = ax.scatter([x], [y], marker="o", s=60, color=colors[method], zorder=3)
-        for (run, _, x, y), (offset, align) in zip(points, label_offsets([(p[2], p[3]) for p in points])):
-            ax.annotate(run, (x, y), textcoords="offset points", xytext=offset, ha=align, fontsize=8)
+        points = [row for row in rows if row["forget_ma"] is not None and row[key] is not None]
+        for row in points:
+            x, y = row["forget_ma"], row[key]
+            star = row["group"] == original
+            handle = ax.errorbar([x], [y], xerr=_error(x, row.get("forget_ma_ci95")), yerr=_error(y, row.get(f"{key}_ci95")),
+                                 fmt="*" if star else "o", markersize=15 if star else 7, capsize=3,
+                                 color="black" if star else colors[row["method"]], zorder=4 if star else 3)
+            legend["original" if star else row["method"]] = handle
+        offsets = label_offsets([(r["forget_ma"], r[key]) for r in points])
+        for row, (offset, align) in zip(points, offsets):
+            ax.annotate(row["group"], (row["forget_ma"], row[key]), textcoords="offset points", xytext=offset,
+                        ha=align, fontsize=8)
         if level is not None:
             legend["unseen-text MA (forgotten level)"] = ax.axvline(level, linestyle="--", color="gray", linewidth=1)
         ax.margins(x=0.15, y=0.12)  # room for the labels at the edges
         ax.set_xlabel("forget-set MA (memorization, ↓)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    if curves:
+        _curves_panel(axes[-1], curves, rows, colors, level)
     # One legend below the panels, where it cannot cover a marker.
     figure.legend(legend.values(), legend.keys(), loc="outside lower center", ncol=len(legend), fontsize=8)
     figure.suptitle("Memorization vs utility")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     return buffer.getvalue()
+
+
+def _curves_panel(ax, curves: dict, rows: list[dict], colors: dict, level: float | None) -> None:
+    methods = {r["group"]: r["method"] for r in rows}
+    for run, points in curves.items():
+        group = next((g for g in methods if run == g or run.startswith(g + "-s")), run)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", linewidth=1,
+                color=colors.get(methods.get(group), "gray"), alpha=0.8)
+        ax.annotate(run, points[-1], textcoords="offset points", xytext=(4, -8), fontsize=7)
+    if level is not None:
+        ax.axvline(level, linestyle="--", color="gray", linewidth=1)
+    ax.invert_xaxis()  # training moves right to left: from memorized towards forgotten
+    ax.set_xlabel("forget-set MA per epoch (←  training)")
+    ax.set_ylabel("MA on unseen text (general accuracy, ↑)")
+    ax.set_title("Paths at equal forgetting", fontsize=10)
+    ax.grid(alpha=0.3)

@@ -31,6 +31,7 @@ from .. import __version__
 from ..errors import UserError
 from ..paths import write_atomic
 from .formatting import finite, fmt, gib, md_text, metric_label
+from .tables import signed
 
 REPORT_MD, REPORT_HTML, MODEL_CARD = "report.md", "report.html", "README.md"
 ASSETS_DIR = "report_files"  # the PNGs report.md links to (report.html inlines them)
@@ -219,16 +220,14 @@ def _unlearn_context(metrics: dict, config: dict, samples: dict | None, figures:
 
 
 def _eval_context(report: dict, source: Path, figures: _Figures) -> dict:
-    from .tables import comparison_rows
+    from .tables import comparison_rows, evaluation_cells
     from .plots import memorization_plot
 
     labels = list(report["models"])
     rows = []
     for key, values in comparison_rows(report):
-        change = None
-        if len(values) == 2 and all(finite(v) for v in values):
-            change = values[1] - values[0]
-        rows.append({"metric": key, "values": values, "change": change})
+        cells, change = evaluation_cells(report, key, values)
+        rows.append({"metric": key, "values": values, "cells": cells, "change": change})
     figure = None
     memo = [report["results"][label].get("memorization") or {} for label in labels]
     keys = [k for k in (memo[0].get("forget_samples") or [{}])[0] if k in memo[0].get("reference", {})]
@@ -341,7 +340,7 @@ def _environment(autoescape: bool) -> jinja2.Environment:
     )
     env.filters["fmt"] = fmt
     env.filters["gib"] = gib
-    env.filters["signed"] = lambda value: ("+" if finite(value) and value > 0 else "") + fmt(value)
+    env.filters["signed"] = signed
     env.filters["secs"] = lambda value: f"{value:.1f}" if finite(value) else fmt(value)
     env.filters["md"] = md_text
     env.filters["label"] = lambda key: metric_label(str(key)) if re.fullmatch(r"(ma|el_\d+)", str(key)) else key

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
-from typing import Any
+import math
 
-from .formatting import metric_label
+from ..metrics.uncertainty import Measurement, paired_bootstrap
+from .formatting import finite, fmt
 
 
 def flatten(results: dict, prefix: str = "") -> dict[str, float]:
@@ -28,12 +28,13 @@ def flatten(results: dict, prefix: str = "") -> dict[str, float]:
 # Rows a person reads first; everything else follows in key order.
 HEADLINE = (
     "memorization.forget.ma", "memorization.reference.ma", "memorization.forget.el_10",
-    "memorization.reference.el_10", "memorization.forget.el_10_paper_code",
+    "memorization.reference.el_10", "memorization.forget.el_10_undial_code",
     "memorization.extraction.fraction_extractable", "memorization.mia.loss.auc",
     "memorization.mia.zlib.auc", "memorization.mia.min_k.auc", "memorization.mia.min_k_plus_plus.auc",
-    "nlu.paper_avg.acc", "nlg.mauve", "nlg.heldout_ppl", "nlg.gen_ppl", "dialogue.average.f1",
+    "nlu.avg6_lm_eval.acc", "nlg.mauve", "nlg.heldout_ppl", "nlg.gen_ppl", "dialogue.average.f1",
 )
-SKIPPED_IN_TABLE = ("_stderr", ".n", ".samples", "prefix_tokens", "suffix_tokens", "forget_samples", "paper_el_samples")
+SKIPPED_IN_TABLE = ("_stderr", ".n", ".samples", "prefix_tokens", "suffix_tokens", "forget_samples", "undial_el_pairs", "measurements", "intervals",
+                    "forgotten.checks")
 
 
 def comparison_rows(report: dict) -> list[tuple[str, list[float | None]]]:
@@ -53,66 +54,42 @@ def csv_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _cell(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool) or isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value).replace("|", "\\|")
+def _suite_lookup(results: dict, key: str, part: str):
+    """``results[suite][part]`` at the metric's path: ``nlu.piqa.acc_norm`` → ``piqa.acc_norm``,
+    and ``nlu.avg6_lm_eval.acc`` → ``avg6_lm_eval`` (a metric whose number sits one level down)."""
+    suite, _, rest = key.partition(".")
+    found = (results.get(suite) or {}).get(part) or {}
+    if rest in found:
+        return found[rest]
+    head = rest.rsplit(".", 1)[0]
+    return found.get(head) if head != rest else None
 
 
-# (row key, header, decimals)
-COMPARISON_COLUMNS = [
-    ("run", "run", 0), ("method", "method", 0), ("params", "settings", 0),
-    ("forget_ma", "forget MA ↓", 3), ("forget_EL", "forget EL ↓", 3), ("reference_ma", "unseen MA", 3),
-    ("extractable", "extractable ↓", 3), ("mia_loss_auc", "MIA loss AUC →0.5", 3),
-    ("nlu_avg", "NLU avg ↑", 3), ("mauve", "MAUVE ↑", 3), ("heldout_ppl", "held-out ppl ↓", 2),
-    ("gen_ppl", "gen ppl", 2), ("steps", "steps", 0), ("stopped_because", "stopped", 0),
-    ("train_s", "train s", 0), ("eval_s", "eval s", 0),
-]
-
-# Short forms of why training stopped, for the table (the JSON keeps the full text).
-STOPPED = {
-    "memorization below --stop-ma/--stop-el": "reached level",
-    "epochs": "epoch budget",
-    "max steps": "step budget",
-    "inference-time method (no training)": "no training",
-}
+def signed(value: float) -> str:
+    return ("+" if finite(value) and value > 0 else "") + fmt(value)
 
 
-def comparison_markdown(comparison: dict, el_key: str) -> str:
-    """comparison.md: one row per model, and what the columns mean."""
-    rows = comparison["rows"]
-    el_label = metric_label(el_key.removesuffix("_paper_code"))
-    el_label += " (paper code)" if el_key.endswith("_paper_code") else ""
-    columns = [(f"forget_{el_key}", f"forget {el_label} ↓", d) if key == "forget_EL"
-               else (key, header, d) for key, header, d in COMPARISON_COLUMNS]
-    lines = [
-        f"# Unlearning comparison: {comparison['model']}",
-        "",
-        f"Forget set: `{Path(str(comparison['forget'])).name}`. Every row is evaluated with the same suites; "
-        "perplexity of generations is judged by the original model.",
-        "",
-        "| " + " | ".join(header for _, header, _ in columns) + " |",
-        "|" + "|".join("---" if d == 0 and key in ("run", "method", "params", "stopped_because") else "---:"
-                       for key, _, d in columns) + "|",
-    ]
-    for row in rows:
-        row = {**row, "stopped_because": STOPPED.get(row["stopped_because"], row["stopped_because"])}
-        lines.append("| " + " | ".join(
-            _cell(round(row[key]) if d == 0 and isinstance(row.get(key), float) else row.get(key), d)
-            for key, _, d in columns) + " |")
-    level = comparison.get("forgotten_level_ma")
-    lines += [
-        "",
-        f"The original model's MA on unseen text is {_cell(level)}: Jang et al.'s \"forgotten\" level "
-        "(forget MA at or below it; \"reached level\": training stopped there). ↓/↑: lower/higher is "
-        "better; MIA AUC near 0.5 means membership no longer shows. Plot: `tradeoff.png` (data in "
-        "`tradeoff.csv`).",
-        "",
-    ]
-    if comparison.get("pending"):
-        lines += [f"Not run yet: {', '.join(comparison['pending'])}.", ""]
-    return "\n".join(lines)
+def _with_interval(value: float | None, interval, show=fmt) -> str:
+    text = show(value)
+    if finite(value) and interval and all(finite(v) for v in interval):
+        text += f" [{show(interval[0])}, {show(interval[1])}]"
+    return text
+
+
+def evaluation_cells(report: dict, key: str, values: list[float | None]) -> tuple[list[str], str | None]:
+    """One metric row of an evaluation: each model's value with its 95 % interval and, for two
+    models, the change with its paired-bootstrap interval on the same items (≈: not resolved)."""
+    labels = list(report["models"])
+    results = [report["results"][label] for label in labels]
+    cells = [_with_interval(v, _suite_lookup(r, key, "intervals")) for v, r in zip(values, results)]
+    if len(values) != 2 or any(v is None or math.isnan(v) for v in values):
+        return cells, None
+    stored = [_suite_lookup(r, key, "measurements") for r in results]
+    change = values[1] - values[0]
+    if not all(stored):
+        return cells, signed(change)
+    try:
+        paired = paired_bootstrap(*(Measurement.from_json(m) for m in stored))
+    except (ValueError, KeyError):  # different items, or an unknown statistic
+        return cells, signed(change)
+    return cells, _with_interval(change, [paired.low, paired.high], signed) + ("" if paired.resolved else " ≈")

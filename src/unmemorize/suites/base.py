@@ -14,10 +14,12 @@ from ..models import LoadedModel
 @dataclass
 class Shared:
     """Loaded once per evaluation and used by every model's suites: the judge of generation
-    perplexity and the sentence encoder of MAUVE and coherence."""
+    perplexity, the sentence encoder of MAUVE and coherence, and the "forgotten" thresholds
+    (MA and EL on unseen text) of the first model measured — the original when there is one."""
 
     judge: LoadedModel
     encoder: Any = None
+    thresholds: dict | None = None
 
 
 @dataclass(frozen=True)

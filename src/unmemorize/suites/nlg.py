@@ -1,6 +1,8 @@
 """The NLG suite: continuations of WikiText prompts scored by MAUVE, repetition, diversity,
 coherence and the perplexity the original model gives them, plus held-out perplexity (see
-metrics.nlg)."""
+metrics.nlg.evaluate_nlg). Its result holds each metric's per-item ``measurements`` and 95 %
+bootstrap ``intervals`` (uncertainty.attach_intervals; MAUVE's interval recomputes the score),
+and ``mauve_clusters`` / ``mauve_note``: MAUVE is degenerate below 500 generations per side."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..config import UnlearnConfig, as_json
 from ..errors import UserError
-from ..paths import publish_directory, staging_directory
+from ..paths import portable, publish_directory, staging_directory
 
 
 def _inside(path: Path, directory: Path) -> bool:
@@ -74,8 +74,9 @@ def save_model_directory(out_dir: Path, model, tokenizer, config: UnlearnConfig,
             delattr(model.config, "quantization_config")
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "unlearn_config.json").write_text(json.dumps(as_json(config), indent=2))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        # Paths under the data location are written data-relative (portable across machines).
+        (tmp / "unlearn_config.json").write_text(json.dumps(portable(as_json(config)), indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(portable(metrics), indent=2))
         for name, text in (extra_files or {}).items():  # e.g. dpd.json, read back by load_model
             (tmp / name).write_text(text)
         publish_directory(tmp, out_dir)  # --overwrite keeps one complete copy on disk
