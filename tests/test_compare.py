@@ -129,10 +129,10 @@ def test_a_run_trained_but_not_evaluated_is_only_evaluated(setting, tmp_path, mo
     path.write_text(yaml.safe_dump(config))
     real_eval = compare.run_eval
 
-    def eval_fails_on_runs(cfg, reporter=None):
+    def eval_fails_on_runs(cfg, reporter=None, thresholds=None):
         if cfg.judge is not None:  # a run's evaluation (the original has no separate judge)
             raise KeyboardInterrupt
-        return real_eval(cfg, reporter)
+        return real_eval(cfg, reporter, thresholds)
 
     monkeypatch.setattr(compare, "run_eval", eval_fails_on_runs)
     out, runs = tmp_path / "results", tmp_path / "weights"
@@ -295,7 +295,8 @@ def test_seeds_pool_into_one_row_with_paired_differences(setting, tmp_path):
     # Two seeds: the t interval with 1 degree of freedom, sd = |a - b| / sqrt(2).
     half = 12.706 * (abs(seeds[0] - seeds[1]) / math.sqrt(2)) / math.sqrt(2)
     assert group["forget_ma"] == pytest.approx(mean) and group["seeds"] == [1, 2]
-    assert group["forget_ma_ci95"] == pytest.approx([mean - half, mean + half])
+    # (clipped to [0, 1]: MA is a share)
+    assert group["forget_ma_ci95"] == pytest.approx([max(0.0, mean - half), min(1.0, mean + half)])
     # The paired difference of means is the difference of the pooled means.
     difference = comparison["differences"]["vs_original"]["di"]["forget_ma"]
     assert difference["difference"] == pytest.approx(mean - rows["original"]["forget_ma"])
@@ -307,6 +308,14 @@ def test_seeds_pool_into_one_row_with_paired_differences(setting, tmp_path):
     markdown = (out / "comparison.md").read_text()
     assert "Quick setting (a smoke run)" in markdown and "| di | di |" in markdown
     assert "Differences against `original`" in markdown
+    # The directory's report shows the same pooled rows, value [95 % interval].
+    from unmemorize.reporting.comparison import group_table
+    from unmemorize.reporting.report import write_report
+
+    report_md = write_report(out)[0].read_text().replace("\\[", "[").replace("\\]", "]")
+    header, body = group_table(comparison, "el_2")
+    di_row = next(row for row in body if row[0] == "di")
+    assert "[" in di_row[4] and all(cell in report_md for cell in di_row[4:6])
 
 
 def test_matched_level_and_forgotten_by_hand():
@@ -316,6 +325,8 @@ def test_matched_level_and_forgotten_by_hand():
     # crossed halfway along the second segment: 0.38 + (0.30 - 0.38) * 0.5 = 0.34.
     assert at_level([(0.6, 0.40), (0.5, 0.38), (0.3, 0.30)], 0.4) == pytest.approx(0.34)
     assert at_level([(0.6, 0.40), (0.5, 0.38)], 0.4) is None
+    # Already at the level before training: the starting point, not a later crossing.
+    assert at_level([(0.35, 0.41), (0.5, 0.38), (0.3, 0.30)], 0.4) == 0.41
     row = {"forget_ma": 0.39, "forget_ma_ci95": [0.35, 0.43], "forget_el_2": 0.01, "forget_el_2_ci95": [0.0, 0.02]}
     assert forgotten(row, {"ma": 0.40, "el_2": 0.05}, "el_2") == {"forgotten": True, "resolved": False}
     row["forget_ma_ci95"] = [0.36, 0.395]

@@ -221,7 +221,7 @@ def test_shared_pass_equals_separate_metrics(float64_models, arch):
     assert result.extraction == extractable(model, sequences, prefix_tokens=10, suffix_tokens=12, text_start=1)
     assert result.extraction["samples"][-1]["exact"]
     assert result.undial_el == undial_extraction_likelihood(
-        model, sequences[:4], n=3, window=6, new_tokens=9, seed=2, text_start=1
+        model, sequences[:4], n=3, window=6, new_tokens=9, seed=2
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import hmac
 import io
 import json
 import re
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
-from conftest import make_model_dir
+from conftest import exit_code, make_model_dir
 from unmemorize.reporting import report as report_module
 from unmemorize.cli import main
 from unmemorize.data import Example, TokenizedExample
@@ -91,14 +93,19 @@ def forget_file(tmp_path_factory) -> Path:
     return path
 
 
+RECORD_KEY = b"an operator's secret, kept outside the output"
+
+
 @pytest.fixture(scope="module")
 def redacted_run(tiny_models, forget_file, tmp_path_factory) -> tuple[Path, str]:
     """A run through the CLI, without --show-text: its directory and everything it printed."""
     out = tmp_path_factory.mktemp("redacted") / "run"
+    key = out.parent / "record.key"
+    key.write_bytes(RECORD_KEY)
     with one_thread():
         code, printed = run_cli(["unlearn", "--model", str(tiny_models["llama"]), "--forget", str(forget_file),
                                  "--max-steps", "2", "--batch-size", "2", "--el-n", "2", "--lr", "0.01",
-                                 "--out", str(out)])
+                                 "--record-key", str(key), "--out", str(out)])
     assert code == 0, printed
     return out, printed
 
@@ -136,16 +143,43 @@ def test_unlearn_writes_a_self_contained_report_and_a_model_card(redacted_run, f
     assert f"report written to {run / 'report.html'}" in printed
 
     metrics = json.loads((run / "metrics.json").read_text())
-    sha = hashlib.sha256(forget_file.read_bytes()).hexdigest()
-    assert metrics["data"]["sha256"] == sha and metrics["data"]["sequences"] == 4
+    assert metrics["data"]["sequences"] == 4
     assert metrics["data"]["sample_ids"] == ["doc-0", "doc-1", "doc-2", "doc-3"]
     for sample_id in metrics["data"]["sample_ids"]:
         assert f"<td>{sample_id}</td>" in page
     card = (run / "README.md").read_text()
-    assert sha in card and metrics["data"]["fingerprint"] in card
+    # Digests of the forget data are keyed: HMAC-SHA256 under the operator's key, file and
+    # records; the plain SHA-256 (which confirms a guessed record) is written nowhere.
+    digests = metrics["data"]["digests"]
+    assert digests["forget_file"] == hmac.new(RECORD_KEY, forget_file.read_bytes(), hashlib.sha256).hexdigest()
+    assert digests["records"] == [hmac.new(RECORD_KEY, t.encode(), hashlib.sha256).hexdigest() for t in TEXTS]
+    assert digests["forget_file"] in card
+    plain = hashlib.sha256(forget_file.read_bytes()).hexdigest()
+    for file in run.rglob("*"):
+        if file.is_file():
+            assert plain.encode() not in file.read_bytes(), file
+    # A Hugging Face model card: YAML front matter, a real title, the verdict first.
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == "other" and {"unlearning", "di"} <= set(front["tags"])
+    results = front["model-index"][0]["results"][0]["metrics"]
+    after = next(m for m in results if m["name"] == "forget-set MA after unlearning")
+    assert after["value"] == round(metrics["after"]["mean"]["ma"], 4)
+    title = card.split("---", 2)[2].strip().splitlines()[0]
+    assert title == f"# {metrics['model']}, unlearned with di"
+    # No unseen-text level in this run (no --stop-ma auto): the verdict says it was not assessed.
+    assert "**Not assessed: no unseen-text level was measured" in card and "Utility cost: not measured" in card
+    assert "**Not assessed: no unseen-text level was measured" in markdown.split("## Run")[0]
     assert "| sequences | 4 (4 trained on) |" in card
     assert f"| MA (mean) | {fmt(metrics['before']['mean']['ma'])} | {fmt(metrics['after']['mean']['ma'])} |" in card
     assert "AutoModelForCausalLM.from_pretrained" in card and "| lr | 0.010 |" in card
+    # The means carry their bootstrap intervals and the paired change, from the per-sample values.
+    from unmemorize.metrics.uncertainty import Measurement, bootstrap_interval, paired_bootstrap
+
+    before, after = ([s["ma"] for s in metrics[side]["samples"]] for side in ("before", "after"))
+    low, high = bootstrap_interval(Measurement.of_mean(after))
+    assert f"[{fmt(low)}, {fmt(high)}]" in markdown.split("95 % interval of the mean")[1].splitlines()[0]
+    change = paired_bootstrap(Measurement.of_mean(before), Measurement.of_mean(after))
+    assert fmt(change.low).lstrip("-") in markdown.split("change after − before (paired, 95 %)")[1].splitlines()[0]
 
 
 def test_by_default_no_forget_text_is_written_or_printed(redacted_run):
@@ -417,3 +451,46 @@ def test_cell_formatting():
     # Large floats (peak memory in MiB, perplexities of broken models) never in exponent notation.
     assert [fmt(16960.4), fmt(2124.54), fmt(1.5e7)] == ["16,960", "2125", "15,000,000"]
     assert [gib(16960.0), gib(None)] == ["16.6 GiB", "–"]
+
+
+def test_provenance_of_registry_models_and_derived_directories(tmp_path):
+    from unmemorize.models import provenance
+
+    assert provenance("gemma-3-270m") == {"base_model": "google/gemma-3-270m", "license": "gemma"}
+    assert provenance("gpt-neo-125m") == {"base_model": "EleutherAI/gpt-neo-125M", "license": "mit"}
+    # A directory an earlier unlearning run wrote: its card's front matter passes both on.
+    (tmp_path / "README.md").write_text("---\nbase_model: google/gemma-3-270m\nlicense: gemma\n---\n# x\n")
+    assert provenance(str(tmp_path)) == {"base_model": "google/gemma-3-270m", "license": "gemma"}
+    assert provenance(str(tmp_path / "elsewhere")) == {"base_model": None, "license": None}
+    assert provenance("someone/some-model")["base_model"] == "someone/some-model"
+
+
+def test_bad_record_key_is_one_line(tiny_models, forget_file, tmp_path, capsys):
+    empty = tmp_path / "empty.key"
+    empty.write_bytes(b"")
+    code = exit_code(["unlearn", "--model", str(tiny_models["llama"]), "--forget", str(forget_file),
+                      "--record-key", str(empty), "--out", str(tmp_path / "out")])
+    assert code == 2 and "--record-key" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_verdict_against_the_original_level_with_interval_and_utility():
+    from unmemorize.metrics.uncertainty import Measurement, bootstrap_interval
+    from unmemorize.reporting.verdict import unlearning_verdict
+
+    after = [0.30, 0.35, 0.25, 0.30]
+    metrics = {"after": {"mean": {"ma": 0.30}, "samples": [{"ma": v} for v in after]},
+               "reference_levels": {"source": "pile.csv", "sequences": 32, "ma": 0.40}}
+    verdict = unlearning_verdict(metrics)
+    low, high = bootstrap_interval(Measurement.of_mean(after))
+    assert verdict["status"] == "forgotten" and verdict["checks"][0]["resolved"] is (high <= 0.40)
+    assert verdict["line"].startswith(f"Forgotten: forget-set MA 0.300 [{fmt(low)}, {fmt(high)}] ≤ 0.400 on unseen text")
+    assert verdict["line"].endswith("Utility cost: not measured (run `unmemorize eval --model OUT --original BASE`, "
+                                    "or `unlearn --eval`).")
+    evaluation = {"models": {"original": "a", "unlearned": "b"}, "results": {
+        "original": {"nlg": {"heldout_ppl": 17.8}, "nlu": {"avg6_lm_eval": {"acc": 0.47}}},
+        "unlearned": {"nlg": {"heldout_ppl": 20.6}, "nlu": {"avg6_lm_eval": {"acc": 0.45}}}}}
+    assert "Utility cost: held-out perplexity 17.800 → 20.600, NLU average 0.470 → 0.450." in \
+        unlearning_verdict(metrics, evaluation)["line"]
+    metrics["after"]["mean"]["ma"] = 0.45
+    assert unlearning_verdict(metrics)["status"] == "not forgotten"

@@ -123,3 +123,18 @@ def test_evaluation_cells_show_intervals_and_the_paired_change():
     paired = paired_bootstrap(Measurement.of_mean(before), Measurement.of_mean(after))
     # Every item dropped: the paired interval lies below 0, resolved (no ≈).
     assert change == f"{paired.difference:.3f} [{paired.low:.3f}, {paired.high:.3f}]" and paired.high < 0
+
+
+def test_paired_bootstrap_pools_seeds_by_their_statistics():
+    # Two seeds' AUCs average differently from the AUC of averaged scores: the pooled value is
+    # the mean of the seeds' statistics, as the comparison's pooled row reports it.
+    original = Measurement("auc", {"member": [0.9, 0.8, 0.2], "nonmember": [0.5, 0.4, 0.1]})
+    seeds = [Measurement("auc", {"member": [0.1, 0.9, 0.3], "nonmember": [0.5, 0.4, 0.2]}),
+             Measurement("auc", {"member": [0.6, 0.2, 0.95], "nonmember": [0.5, 0.1, 0.9]})]
+    expected = (seeds[0].value() + seeds[1].value()) / 2 - original.value()
+    assert paired_bootstrap(original, seeds).difference == pytest.approx(expected)
+    averaged = Measurement("auc", {k: [(x + y) / 2 for x, y in zip(seeds[0].units[k], seeds[1].units[k])]
+                                   for k in ("member", "nonmember")})
+    assert averaged.value() - original.value() != pytest.approx(expected)
+    # One seed on each side is the ordinary paired bootstrap.
+    assert paired_bootstrap([original], [seeds[0]]) == paired_bootstrap(original, seeds[0])

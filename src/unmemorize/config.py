@@ -313,7 +313,7 @@ METHOD_PARAMETERS = ("imagination_strength", "beta", "margin", "task_vector_alph
 RESUME_MAY_CHANGE = frozenset({
     "out", "overwrite", "checkpoint_every", "checkpoint_dir", "resume", "eval_batch_size",
     "el_batch_size", "cpu", "allow_pickle", "trust_remote_code", "max_examples", "forget", "retain",
-    "report_samples", "show_text", "threads",
+    "report_samples", "show_text", "threads", "record_key",
 })
 
 
@@ -379,9 +379,14 @@ class UnlearnConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions
     # only their token match masks are stored: no forget-set text is written to the output.
     report_samples: int = option(3, "Forget prefixes whose continuations before and after the report shows (0: none).", ge=0)
     show_text: bool = option(False, "Store and show forget-set text in OUT (samples.json, report); by default only token match masks.")
+    record_key: str | None = option(None, "A file holding a secret key, kept outside the output: metrics.json and the model card then carry HMAC-SHA256 digests of the forget data and of each record, which only the key's holder can check; without it no digest of the forget data is written (a plain hash lets anyone confirm a guessed record).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.record_key is not None:
+            key = Path(self.record_key).expanduser()
+            if not key.is_file() or key.stat().st_size == 0:
+                raise UserError(f"--record-key {self.record_key}: not a readable, non-empty file")
         if not self.measure_el and (self.stop_el is not None or self.el_every_epoch):
             raise UserError("--no-el leaves nothing for --stop-el / --el-every-epoch to read; drop one")
         if self.save_adapter and not self.lora:
@@ -423,7 +428,7 @@ class EvalConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions):
     el_stride: int = option(10, "Score EL on every k-th prefix (1 = exact).", ge=1)
     greedy_el: bool = option(True, "Score greedy EL_n (--no-greedy-el: MA only; greedy decoding is the slow part on CPU).", negative="no-greedy-el")
     undial_el: bool = option(True, "Also report EL as the UNDIAL paper's code computes it (200 sampled tokens, top-k 50, top-p 0.95, cut every 40 tokens, n-gram precision).", negative="no-undial-el")
-    undial_el_limit: int | None = option(None, "Score the UNDIAL-code EL on the first N forget samples only (8 is what the code's first batch covers).", ge=1)
+    undial_el_limit: int | None = option(None, "Score the UNDIAL-code EL on the first N forget samples only (the code's first batch of 32 pairs covers 8 samples of 200 tokens).", ge=1)
     extraction_prefix: int = option(50, "Prefix tokens of the extraction attack (text tokens; BOS not counted).", ge=1)
     extraction_suffix: int = option(50, "Suffix tokens that must be reproduced exactly; shorter samples are excluded and counted.", ge=1)
     mia_k_percent: float = option(20.0, "k of min-k% and min-k%++.", gt=0, le=100)

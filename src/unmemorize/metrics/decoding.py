@@ -586,6 +586,21 @@ def cache_from_states(
 # --- decoding -----------------------------------------------------------------------------
 
 
+def stop_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
+    """The ids that end a generation as transformers' ``generate`` stops: the tokenizer's EOS
+    and every id of the model's ``generation_config.eos_token_id`` (a list for Gemma-3 and
+    Llama-3 instruct models)."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured is not None:
+        ids.update(int(i) for i in configured)
+    return sorted(ids)
+
+
 def choose_argmax(last_logits: torch.Tensor, _step: int) -> torch.Tensor:
     """``choose_next`` for greedy decoding: the argmax of each row."""
     return last_logits.argmax(dim=-1)

@@ -49,6 +49,7 @@ from unmemorize.metrics.decoding import (
     evaluating,
     model_device,
     nucleus_sample,
+    stop_token_ids,
     teacher_forced_logits,
 )
 from unmemorize.metrics.uncertainty import (
@@ -219,7 +220,7 @@ def generate_continuations(
     if any(len(ids) == 0 for ids in encoded):
         raise UserError("a prompt is empty after tokenization; nothing to continue")
     pad_id = _pad_token_id(tokenizer)
-    stop_ids = _stop_token_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     continuations: list[str] = []
     with evaluating(model):
         for start in range(0, len(prompts), batch_size):
@@ -266,18 +267,6 @@ def _sample_batch(
         model, prompts, [uniforms.shape[1]] * len(prompts), choose_next,
         pad_token_id=pad_id, stop=lambda tokens: torch.isin(tokens, stop),
     )
-
-
-def _stop_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured is not None:
-        ids.update(int(i) for i in configured)
-    return sorted(ids)
 
 
 def _pad_token_id(tokenizer: Any) -> int:

@@ -445,16 +445,19 @@ def undial_extraction_likelihood(
     utils/eval_utils.py, ``get_extraction_likelihood``; utils/other_utils.py,
     ``get_gen_args``). Returns one list per sample: the score of each of its cuts.
 
-    For a sample whose text (the tokens from ``text_start`` on, after BOS) has L tokens, the
-    prompts are the first c = w, 2w, ... (L // w - 1)·w text tokens (w = ``window``, 40), each
+    For a sample of L tokens from ``text_start`` on (0, as the code: it counts every id the
+    tokenizer gives, BOS included), the prompts are the first c = w, 2w, ... (L // w - 1)·w
+    tokens (w = ``window``, 40), each
     continued by ``new_tokens`` (200) tokens sampled at temperature 1 from the top ``top_k`` (50,
     transformers' default, which the code's ``generate`` call leaves in force) then the top-p
     (0.95) nucleus of those; a row ends at its first stop token. The target is the rest of the
     text, x[c:]. Generation and target are decoded and re-encoded by ``recode`` when given, as
-    the code does (``batch_decode`` then the tokenizer). Each (sample, cut) scores
+    the code does (``batch_decode(skip_special_tokens=True)`` then the tokenizer with its
+    defaults); the memorization suite passes that round trip. Each (sample, cut) scores
     :func:`undial_overlap`; the paper's EL is the mean over ALL (sample, cut) pairs, not over
     samples (:func:`undial_mean`). (The code's loop also ``break``s after its first batch of
-    32 pairs — the first 8 samples of 200 tokens; ``--undial-el-limit 8`` reproduces that.)
+    32 pairs — the first 8 samples when they have 200 tokens; ``--undial-el-limit 8`` takes
+    those 8 samples, whatever their number of cuts.)
 
     Every (sample, cut) draws from its own generator seeded from (``seed``, sample, cut), so the
     value does not depend on ``batch_size`` or on the other samples.
@@ -610,7 +613,8 @@ def memorization_report(
     if undial_el:
         options = dict(undial_el)
         limit = options.pop("limit", None)
-        sampled = UndialEL(sequences[:limit] if limit else sequences, text_start=text_start, **options)
+        # No text_start: the authors' cuts count every id the tokenizer gives, BOS included.
+        sampled = UndialEL(sequences[:limit] if limit else sequences, **options)
     with evaluating(model):
         prepared = teacher_forced_pass(
             model, sequences, batch_size=batch_size, pad_token_id=pad_token_id,

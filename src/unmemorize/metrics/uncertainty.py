@@ -185,26 +185,34 @@ class PairedDifference:
 
 
 def paired_bootstrap(
-    a: Measurement, b: Measurement, *, resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
-    seed: int = SEED,
+    a: Measurement | Sequence[Measurement], b: Measurement | Sequence[Measurement], *,
+    resamples: int = RESAMPLES, confidence: float = CONFIDENCE, seed: int = SEED,
 ) -> PairedDifference:
     """Interval of value(b) - value(a) when both were measured on the same items: each resample
-    draws one set of indices per stratum and applies it to both models."""
-    if a.statistic != b.statistic:
-        raise ValueError(f"cannot pair a {a.statistic} with a {b.statistic}")
-    strata_a, strata_b = a._arrays(), b._arrays()
-    shapes = {name: len(v) for name, v in strata_a.items()}
-    if shapes != {name: len(v) for name, v in strata_b.items()}:
+    draws one set of indices per stratum and applies it to both models. A side may be several
+    measurements of the same items (one per training seed): its value is then the mean over
+    them of the statistic, in each resample as in the point estimate, which is right for a
+    non-linear statistic (an AUC, a perplexity) where averaging the items first is not."""
+    sides = [list(x) if isinstance(x, (list, tuple)) else [x] for x in (a, b)]
+    every = sides[0] + sides[1]
+    if len({m.statistic for m in every}) != 1:
+        raise ValueError(f"cannot pair a {every[0].statistic} with a {every[-1].statistic}")
+    arrays = [[m._arrays() for m in side] for side in sides]
+    shape = {name: len(v) for name, v in arrays[0][0].items()}
+    if any({name: len(v) for name, v in strata.items()} != shape for side in arrays for strata in side):
         raise ValueError("paired measurements need the same items: the strata or their sizes differ")
-    statistic = STATISTICS[a.statistic]
-    indices = _resampled(strata_a, np.random.default_rng(seed), resamples)
-    differences = np.array([
-        statistic({n: strata_b[n][rows[r]] for n, rows in indices.items()})
-        - statistic({n: strata_a[n][rows[r]] for n, rows in indices.items()})
-        for r in range(resamples)
-    ])
+    statistic = STATISTICS[every[0].statistic]
+    indices = _resampled(arrays[0][0], np.random.default_rng(seed), resamples)
+
+    def side_value(side: list[dict], r: int | None = None) -> float:
+        if r is None:
+            return float(np.mean([statistic(strata) for strata in side]))
+        return float(np.mean([statistic({n: strata[n][rows[r]] for n, rows in indices.items()})
+                              for strata in side]))
+
+    differences = np.array([side_value(arrays[1], r) - side_value(arrays[0], r) for r in range(resamples)])
     low, high = percentile_interval(differences, confidence)
-    return PairedDifference(b.value() - a.value(), low, high)
+    return PairedDifference(side_value(arrays[1]) - side_value(arrays[0]), low, high)
 
 
 def mean_interval(values: Sequence[float], confidence_z: float = Z_95) -> tuple[float, float]:

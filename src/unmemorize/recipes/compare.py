@@ -284,7 +284,16 @@ def _unlearn_summary(metrics: dict) -> dict:
     }
 
 
-def _run_one(plan: RunPlan, index: int, total: int, runs_dir: Path, events: Events) -> dict:
+def _thresholds(original: dict | None) -> dict | None:
+    """The original row's MA/EL on unseen text: every run's "forgotten" level."""
+    if not original:
+        return None
+    reference = next(iter(original["eval"]["results"].values())).get("memorization", {}).get("reference", {})
+    return {k: v for k, v in reference.items() if k != "samples"} or None
+
+
+def _run_one(plan: RunPlan, index: int, total: int, runs_dir: Path, events: Events,
+             thresholds: dict | None = None) -> dict:
     label = plan.name if plan.unlearn is None else f"[{index}/{total}] {plan.name}"
     unlearn_summary = None
     if plan.unlearn is not None:
@@ -301,7 +310,7 @@ def _run_one(plan: RunPlan, index: int, total: int, runs_dir: Path, events: Even
             write_json(marker, {"unlearn": plan.request["unlearn"]})
         unlearn_summary = _unlearn_summary(metrics)
     events.message(f"{label}: evaluating ({', '.join(plan.eval.suites)})")
-    report = run_eval(plan.eval, events)
+    report = run_eval(plan.eval, events, thresholds)
     return {"name": plan.name, "method": plan.method, "params": plan.params, "request": plan.request,
             "unlearn": unlearn_summary, "eval": report}
 
@@ -328,7 +337,8 @@ def run_compare(config: CompareConfig, out_dir: Path, runs_dir: Path | None = No
         if not run_pending:
             events.message(f"pending {plan.name} (not run: --table-only)")
             continue
-        results[plan.name] = _run_one(plan, index, len(plans) - 1, runs_dir, events)
+        results[plan.name] = _run_one(plan, index, len(plans) - 1, runs_dir, events,
+                                      _thresholds(results.get(ORIGINAL)))
         write_json(path, results[plan.name])
         if index < len(plans) - 1:
             # The table so far after every run: a long comparison shows its finished rows early.

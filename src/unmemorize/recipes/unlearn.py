@@ -36,7 +36,7 @@ from ..errors import UserError
 from ..events import Events
 from ..methods import UnlearningMethod, get_method, method_parameters
 from ..metrics.memorization import MemorizationResult, memorization
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel, load_model, provenance
 from ..paths import data_path
 from ..training import checkpoint, forget_set, resume
 from ..training.components import (
@@ -353,6 +353,7 @@ def _finish(run: _Run, after: dict, state: TrainState, network, original) -> dic
     config, data = run.config, run.data
     metrics = {
         "model": run.loaded.name,
+        "provenance": provenance(run.loaded.name),
         "method": config.method,
         "before": run.identity.before,
         "epochs": state.history,

@@ -60,11 +60,11 @@ def curve(result: dict) -> list[tuple[float, float]]:
 def at_level(points: list[tuple[float, float]], level: float) -> float | None:
     """The unseen-text MA where the curve first reaches forget MA = ``level``, linear between
     the epochs on either side; None when it never gets there."""
+    if points and points[0][0] <= level:  # already there before training
+        return points[0][1]
     for (x0, y0), (x1, y1) in zip(points, points[1:]):
         if x0 > level >= x1:
             return y0 + (y1 - y0) * (x0 - level) / (x0 - x1)
-    if points and points[0][0] <= level:
-        return points[0][1]
     return None
 
 
@@ -88,7 +88,9 @@ def _group_row(name: str, members: list[Finished], columns: list[Column], level:
         row[column.key], row[f"{column.key}_ci95"] = pooled_value(column, [m.result for m in members])
     matched = [v for v in (at_level(curve(m.result), level) if level is not None else None for m in members)
                if v is not None]
-    row["unseen_ma_at_level"] = sum(matched) / len(matched) if matched else None
+    # Only when every seed got there: an average over the seeds that did would flatter the run.
+    row["unseen_ma_at_level"] = sum(matched) / len(matched) if matched and len(matched) == len(members) else None
+    row["reached_level"] = f"{len(matched)} of {len(members)}"
     return row
 
 
@@ -159,6 +161,13 @@ def _cell(row: dict, column: Column) -> str:
     return text
 
 
+def _matched_cell(group: dict) -> str:
+    if _finite(group.get("unseen_ma_at_level")):
+        return _number(group["unseen_ma_at_level"], 3)
+    reached = group.get("reached_level")
+    return f"– ({reached} seeds reached the level)" if reached and not reached.startswith("0 of 0") else "–"
+
+
 def _verdict(found: dict | None) -> str:
     if found is None:
         return "–"
@@ -178,6 +187,18 @@ def _table(header: list[str], lines: list[list[str]]) -> list[str]:
         ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines]
 
 
+def group_table(comparison: dict, el_key: str) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the pooled rows: value [95 % interval] cells, the verdict, matched utility."""
+    columns = metric_columns(el_key)
+    header = ["run", "method", "settings", "seeds"] + [c.header for c in columns] + \
+        ["forgotten", "unseen MA at matched forgetting"]
+    body = [[g["group"], g["method"], g["params"] or "–", str(len(g["seeds"]))]
+            + [_cell(g, c) for c in columns]
+            + [_verdict(g.get("forgotten")), _matched_cell(g)]
+            for g in comparison.get("groups") or []]
+    return header, body
+
+
 def comparison_markdown(comparison: dict, el_key: str) -> str:
     """comparison.md: the evaluation setting, one pooled row per run (value [95 % interval]),
     the forgotten verdicts, utility at matched forgetting, and paired differences."""
@@ -187,13 +208,7 @@ def comparison_markdown(comparison: dict, el_key: str) -> str:
              SETTING_NOTES.get(comparison.get("setting") or "custom", SETTING_NOTES["custom"]), "",
              f"Forget set: `{comparison['forget']}`. Cells: value [95 % interval] (bootstrap over items; "
              "over seeds, the t interval of the seed means, when a row pools several seeds).", ""]
-    header = ["run", "method", "settings", "seeds"] + [c.header for c in columns] + \
-        ["forgotten", "unseen MA at matched forgetting"]
-    body = [[g["group"], g["method"], g["params"] or "–", str(len(g["seeds"]))]
-            + [_cell(g, c) for c in columns]
-            + [_verdict(g.get("forgotten")), _number(g.get("unseen_ma_at_level"), 3)]
-            for g in comparison["groups"]]
-    lines += _table(header, body)
+    lines += _table(*group_table(comparison, el_key))
     level = ", ".join(f"{k.upper()} {v:.3f}" for k, v in thresholds.items()) or "not measured"
     lines += ["", f"\"Forgotten\" (Jang et al. 2022): forget MA and EL at or below the original model's level "
               f"on unseen text ({level}), fixed from the original for every row; \"unresolved\": the 95 % "

@@ -6,7 +6,7 @@ suite, where the suite's ``intervals[path]`` and ``measurements[path]`` live, an
 when the number sits one level further down (``avg6_lm_eval`` → ``avg6_lm_eval.acc``).
 Runs of several seeds are pooled: the value is the mean over seeds, the interval the t
 interval of the seed means (the spread a reader should expect from rerunning), and a paired
-difference averages each item's value over the seeds first."""
+difference compares the seed-averaged statistics on the same resampled items."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from ..metrics.uncertainty import Measurement, PairedDifference, paired_bootstrap
 from .formatting import metric_label
 
-# Student's t 97.5 % quantiles for 1..9 degrees of freedom; 1.96 beyond.
-_T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)
+# Student's t 97.5 % quantiles for 1..30 degrees of freedom; the normal's 1.96 beyond.
+_T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+          2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+          2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Column:
     value_key: str | None = None
     lower_is_better: bool | None = None  # None: neither (e.g. the unseen-text level)
     digits: int = 3
+    share: bool = True  # a number in [0, 1]: a t interval over seeds is clipped to it
 
     def value(self, suite_results: dict) -> float | None:
         node: object = suite_results
@@ -59,8 +62,8 @@ def metric_columns(el_key: str) -> list[Column]:
         Column("mia_loss_auc", "MIA loss AUC →0.5", "memorization", "mia.loss.auc"),
         Column("nlu_avg", "NLU avg6 (lm-eval) ↑", "nlu", "avg6_lm_eval", value_key="acc", lower_is_better=False),
         Column("mauve", "MAUVE ↑", "nlg", "mauve", lower_is_better=False),
-        Column("heldout_ppl", "held-out ppl ↓", "nlg", "heldout_ppl", lower_is_better=True, digits=2),
-        Column("gen_ppl", "gen ppl", "nlg", "gen_ppl", digits=2),
+        Column("heldout_ppl", "held-out ppl ↓", "nlg", "heldout_ppl", lower_is_better=True, digits=2, share=False),
+        Column("gen_ppl", "gen ppl", "nlg", "gen_ppl", digits=2, share=False),
     ]
 
 
@@ -88,20 +91,8 @@ def pooled_value(column: Column, results: list[dict]) -> tuple[float | None, lis
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
     t = _T_975[len(values) - 2] if len(values) - 2 < len(_T_975) else 1.96
     half = t * sd / math.sqrt(len(values))
-    return mean, [mean - half, mean + half]
-
-
-def _seed_average(measurements: list[Measurement]) -> Measurement | None:
-    """Each item's value averaged over seeds (the same items in the same order)."""
-    first = measurements[0]
-    if any(m.statistic != first.statistic or {k: len(v) for k, v in m.units.items()}
-           != {k: len(v) for k, v in first.units.items()} for m in measurements):
-        return None
-    import numpy as np
-
-    units = {name: (sum(np.asarray(m.units[name], dtype=float) for m in measurements) / len(measurements)).tolist()
-             for name in first.units}
-    return Measurement(first.statistic, units)
+    low, high = mean - half, mean + half
+    return mean, [max(low, 0.0), min(high, 1.0)] if column.share else [low, high]
 
 
 def paired_difference(column: Column, baseline: list[dict], other: list[dict]) -> PairedDifference | None:
@@ -112,10 +103,8 @@ def paired_difference(column: Column, baseline: list[dict], other: list[dict]) -
         found = [column.measurement(suite_results(r, column.suite)) for r in results]
         if not found or any(m is None for m in found):
             return None
-        sides.append(found[0] if len(found) == 1 else _seed_average(found))
-    if sides[0] is None or sides[1] is None:
-        return None
+        sides.append(found)
     try:
         return paired_bootstrap(sides[0], sides[1])
-    except ValueError:
+    except ValueError:  # measured on different items
         return None

@@ -32,6 +32,7 @@ from ..errors import UserError
 from ..paths import write_atomic
 from .formatting import finite, fmt, gib, md_text, metric_label
 from .tables import signed
+from .verdict import unlearning_verdict
 
 REPORT_MD, REPORT_HTML, MODEL_CARD = "report.md", "report.html", "README.md"
 ASSETS_DIR = "report_files"  # the PNGs report.md links to (report.html inlines them)
@@ -176,6 +177,59 @@ def _continuations_context(samples: dict | None, show_text: bool) -> dict:
             "new_tokens": samples.get("new_tokens"), "prefix_rule": samples.get("prefix")}
 
 
+def _front_matter(u: dict, origin: dict, title: str) -> str:
+    """The card's YAML metadata: Hugging Face reads base_model, license, tags and model-index."""
+    import yaml
+
+    meta: dict = {"library_name": "transformers", "pipeline_tag": "text-generation"}
+    if origin["base_model"]:
+        meta["base_model"] = origin["base_model"]
+    # Derived weights carry the base model's licence (Gemma's terms, for instance).
+    meta["license"] = origin["license"] or "other"
+    meta["tags"] = ["unmemorize", "unlearning", "machine-unlearning", u["method"]]
+    results = _model_index(u)
+    if results:
+        meta["model-index"] = [{"name": title, "results": [{
+            "task": {"type": "text-generation", "name": "Unlearning (memorization of the forget set)"},
+            "dataset": {"type": "forget-set", "name": f"forget set ({len(u['rows'])} sequences)"},
+            "metrics": results}]}]
+    return yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+
+
+def _model_index(u: dict) -> list[dict]:
+    """``model-index`` metrics of the card's front matter: the forget set's memorization before
+    and after, and the unseen-text level (Hugging Face's model-index schema)."""
+    metrics = []
+    for key in u["metric_keys"]:
+        name = key.upper().replace("_", "-")
+        for when in ("before", "after"):
+            value = u["means"][when].get(key)
+            if finite(value):
+                metrics.append({"type": key, "name": f"forget-set {name} {when} unlearning", "value": round(value, 4)})
+        if finite(u["reference"].get(key)):
+            metrics.append({"type": key, "name": f"{name} on unseen text (the forgotten level)",
+                            "value": round(u["reference"][key], 4)})
+    return metrics
+
+
+def _sample_intervals(before: list[dict], after: list[dict], keys: list[str]) -> dict:
+    """Per metric: the 95 % bootstrap interval of the mean before and after, and the paired
+    interval of the change (the same samples, in the same order, before and after)."""
+    from ..metrics.uncertainty import Measurement, bootstrap_interval, paired_bootstrap
+
+    out: dict = {"before": {}, "after": {}, "change": {}}
+    for key in keys:
+        columns = [[s[key] for s in side if finite(s.get(key))] for side in (before, after)]
+        for name, values in zip(("before", "after"), columns):
+            if len(values) > 1:
+                out[name][key] = bootstrap_interval(Measurement.of_mean(values))
+        if len(columns[0]) == len(columns[1]) == len(before) == len(after) > 1:
+            paired = paired_bootstrap(Measurement.of_mean(columns[0]), Measurement.of_mean(columns[1]))
+            out["change"][key] = {"value": paired.difference, "low": paired.low, "high": paired.high,
+                                  "resolved": paired.resolved}
+    return out
+
+
 def _unlearn_context(metrics: dict, config: dict, samples: dict | None, figures: _Figures | None,
                      show_text: bool) -> dict:
     """An unlearning run from its metrics.json, unlearn_config.json and samples.json; figures
@@ -209,6 +263,8 @@ def _unlearn_context(metrics: dict, config: dict, samples: dict | None, figures:
         "resumed_from_step": metrics.get("resumed_from_step"),
         "config": list(config.items()), "data": data, "metric_keys": keys, "rows": rows,
         "means": {"before": before.get("mean", {}), "after": after.get("mean", {})},
+        "intervals": _sample_intervals(before_samples, after_samples, keys),
+        "verdict": unlearning_verdict(metrics),
         "reference": reference, "reference_source": (metrics.get("reference_levels") or {}).get("source"),
         "thresholds": thresholds, "epochs": epochs,
         "steps": {"count": len(steps), "first_loss": losses[0] if losses else None,
@@ -260,8 +316,15 @@ def _comparison_rows(data: Any) -> list[dict]:
     return []
 
 
-def _compare_context(run_dir: Path, figures: _Figures) -> dict:
-    data = _read_json(run_dir / "comparison.json")
+def _compare_table(data: Any) -> tuple[list[str], list[list]]:
+    """The pooled rows with their intervals (reporting.comparison) when comparison.json has
+    them; otherwise whatever scalar columns its rows hold."""
+    if isinstance(data, dict) and data.get("groups"):
+        from .comparison import group_table
+
+        el_key = next((c.removeprefix("forget_") for c in data.get("columns") or [] if c.startswith("forget_el")),
+                      "el_10")
+        return group_table(data, el_key)
     rows = _comparison_rows(data)
     columns: list[str] = []
     for row in rows:
@@ -269,6 +332,12 @@ def _compare_context(run_dir: Path, figures: _Figures) -> dict:
             # Nested values (per-run configs, sample lists) do not fit a table cell.
             if key not in columns and not isinstance(value, (dict, list)):
                 columns.append(key)
+    return columns, [[row.get(c) for c in columns] for row in rows]
+
+
+def _compare_context(run_dir: Path, figures: _Figures) -> dict:
+    data = _read_json(run_dir / "comparison.json")
+    columns, rows = _compare_table(data)
     figure = None
     plot = run_dir / "tradeoff.png"
     png = plot.read_bytes() if plot.is_file() else b""
@@ -276,7 +345,7 @@ def _compare_context(run_dir: Path, figures: _Figures) -> dict:
         figure = figures.add("tradeoff", "Trade-off: memorization vs utility", png)
     extra = {k: v for k, v in data.items() if not isinstance(v, (dict, list))} if isinstance(data, dict) else {}
     return {
-        "columns": columns, "rows": [[row.get(c) for c in columns] for row in rows], "figure": figure,
+        "columns": columns, "rows": rows, "figure": figure,
         "csv": [name for name in ("comparison.csv", "tradeoff.csv") if (run_dir / name).is_file()],
         "extra": list(extra.items()),
     }
@@ -341,6 +410,9 @@ def _environment(autoescape: bool) -> jinja2.Environment:
     env.filters["fmt"] = fmt
     env.filters["gib"] = gib
     env.filters["signed"] = signed
+    env.filters["interval"] = lambda ci: f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci and all(finite(v) for v in ci) else "–"
+    env.filters["change"] = lambda c: "–" if not c else (
+        f"{signed(c['value'])} [{signed(c['low'])}, {signed(c['high'])}]" + ("" if c["resolved"] else " ≈"))
     env.filters["secs"] = lambda value: f"{value:.1f}" if finite(value) else fmt(value)
     env.filters["md"] = md_text
     env.filters["label"] = lambda key: metric_label(str(key)) if re.fullmatch(r"(ma|el_\d+)", str(key)) else key
@@ -382,6 +454,8 @@ def write_report(run_dir: Path, show_text: bool = False, *, eval_json: Path | No
             if not _is_eval_report(report):
                 raise UserError(f"{eval_path} is not the JSON of `unmemorize eval` (no 'models' and 'results')")
             evaluation = _eval_context(report, eval_path, figures)
+            if unlearn is not None:  # the verdict now knows the utility cost
+                unlearn["verdict"] = unlearning_verdict(metrics, report)
         reading = run_dir / "comparison.json"
         compare = _compare_context(run_dir, figures) if has_compare else None
         reading = run_dir / "demo.json"
@@ -405,14 +479,23 @@ def write_report(run_dir: Path, show_text: bool = False, *, eval_json: Path | No
     write_atomic(md_path, _environment(autoescape=False).get_template("report.md.j2").render(context))
     write_atomic(html_path, _environment(autoescape=True).get_template("report.html.j2").render(context))
     if metrics is not None and (run_dir / "config.json").is_file():  # a saved model: its card
-        write_atomic(run_dir / MODEL_CARD, model_card(metrics, config, run_dir.name))
+        write_atomic(run_dir / MODEL_CARD, model_card(metrics, config, run_dir.name,
+                                                      report if eval_path is not None else None))
     return md_path, html_path
 
 
-def model_card(metrics: dict, config: dict, directory: str) -> str:
-    """The ``README.md`` of an unlearned model directory: where it came from, how it was made,
-    what it forgot (counts and hashes, never text) and how well, and how to load it. Built from
-    the run's metrics and config alone, so training writes it with the model."""
-    context = {"u": _unlearn_context(metrics, config, None, None, False), "directory": directory,
-               "version": __version__, "config": config}
+def model_card(metrics: dict, config: dict, directory: str, evaluation: dict | None = None) -> str:
+    """The ``README.md`` of an unlearned model directory, in the Hugging Face model card format:
+    YAML front matter (base model, its licence, tags, ``model-index`` with the measured results),
+    the verdict, intended use and limitations, how it was made, what it forgot (counts and keyed
+    digests, never text or a plain hash), how well, and how to load and reproduce it. Built from
+    the run's metrics and config (and its evaluation, when there is one)."""
+    u = _unlearn_context(metrics, config, None, None, False)
+    u["verdict"] = unlearning_verdict(metrics, evaluation)
+    # Recorded by training (models.provenance): the upstream model and its licence.
+    origin = {"base_model": None, "license": None, **(metrics.get("provenance") or {})}
+    title = f"{origin['base_model'] or u['model']}, unlearned with {u['method']}"
+    context = {"u": u, "directory": directory, "version": __version__, "config": config,
+               "provenance": origin, "title": title,
+               "front_matter": _front_matter(u, origin, title)}
     return _environment(autoescape=False).get_template("model_card.md.j2").render(context)

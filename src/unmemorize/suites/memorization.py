@@ -11,6 +11,7 @@ from typing import Any
 from ..config import DEFAULT_REFERENCE, EvalConfig
 from ..data import load_examples, read_examples, tokenize_examples
 from ..errors import UserError
+from ..metrics.decoding import stop_token_ids
 from ..events import Events
 from ..models import LoadedModel
 from ..paths import data_path
@@ -69,14 +70,14 @@ def _undial_options(lm: LoadedModel, config: EvalConfig) -> dict | None:
     tokenizer = lm.tokenizer
 
     def recode(tokens: list[int]) -> list[int]:
-        # The authors' code decodes generations and targets and tokenizes them again.
+        # The authors' code decodes generations and targets (skipping special tokens) and
+        # tokenizes them again with the tokenizer's defaults (BOS too, where it adds one).
         text = tokenizer.decode(tokens, skip_special_tokens=True)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(tokenizer(text)["input_ids"])
 
-    stops = {t for t in (tokenizer.eos_token_id, getattr(lm.model.config, "eos_token_id", None))
-             if isinstance(t, int)}
     return {"n": config.el_n[0], "seed": config.seed, "limit": config.undial_el_limit,
-            "stop_token_ids": sorted(stops), "recode": recode, "batch_size": config.el_batch_size}
+            "stop_token_ids": stop_token_ids(lm.model, tokenizer), "recode": recode,
+            "batch_size": config.el_batch_size}
 
 
 def _measure(lm: LoadedModel, config: EvalConfig, events: Events) -> tuple[dict, dict]:
@@ -94,8 +95,9 @@ def _measure(lm: LoadedModel, config: EvalConfig, events: Events) -> tuple[dict,
     for name, items in (("forget", forget), ("reference", reference)):
         sequences = [t.input_ids for t in items]
         start = text_start(tokenizer, sequences)
-        # zlib compresses the text of exactly the tokens scored (truncation included).
-        texts = [tokenizer.decode(s[start:], skip_special_tokens=True) for s in sequences]
+        # zlib compresses the text of exactly the tokens scored: targets x_1..x_T-1 (truncation
+        # included; x_0, BOS or not, is never a target).
+        texts = [tokenizer.decode(s[1:], skip_special_tokens=True) for s in sequences]
         extras = {}
         if name == "forget":
             extras = dict(extraction=(config.extraction_prefix, config.extraction_suffix),

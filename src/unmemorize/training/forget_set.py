@@ -86,13 +86,12 @@ def data_fingerprint(tokenized: list, weights: list[list[float]], trainable: lis
     return digest.hexdigest()
 
 
-def source_sha256(source: str | Path) -> str | None:
-    """SHA-256 of a forget file, or of a directory's files (relative names and contents, in
-    name order); None for a hub dataset. Identifies the data without storing any of it."""
+def digest_source(source: str | Path, digest) -> str | None:
+    """``digest`` (a hashlib or hmac object) fed a forget file, or a directory's files (relative
+    names and contents, in name order); None for a hub dataset."""
     if str(source).startswith("hf:"):
         return None
     path = Path(source).expanduser()
-    digest = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
         if path.is_dir():
@@ -103,8 +102,28 @@ def source_sha256(source: str | Path) -> str | None:
     return digest.hexdigest()
 
 
+def keyed_digests(config: UnlearnConfig, data: ForgetSet) -> dict:
+    """HMAC-SHA256 digests under the operator's ``--record-key``: of the forget file, of the
+    training data's fingerprint and of each record's text. Only the key's holder can check a
+    record against them; a plain SHA-256 of guessable text would let anyone confirm a guess
+    (RFC 2104). Without a key: nothing."""
+    if config.record_key is None:
+        return {}
+    import hmac
+
+    key = Path(config.record_key).expanduser().read_bytes()
+
+    def keyed(payload: bytes) -> str:
+        return hmac.new(key, payload, hashlib.sha256).hexdigest()
+
+    return {"algorithm": "HMAC-SHA256", "forget_file": digest_source(config.forget, hmac.new(key, digestmod=hashlib.sha256)),
+            "training_data": keyed(data.fingerprint.encode()),
+            "records": [keyed(t.example.text.encode("utf-8")) for t in data.tokenized]}
+
+
 def summary(config: UnlearnConfig, data: ForgetSet) -> dict:
-    """What was forgotten, as counts and hashes (no text): stored in ``metrics.json``."""
+    """What was forgotten, as counts and keyed digests (no text, no plain hash): stored in
+    ``metrics.json``."""
     if config.focus == "all" or config.focus_mode == "hard":
         in_focus = lambda w: w > 0  # noqa: E731
     else:  # soft: focus tokens carry --focus-weight, the others 1
@@ -112,8 +131,7 @@ def summary(config: UnlearnConfig, data: ForgetSet) -> dict:
     source, trainable, weights = str(config.forget), data.trainable, data.weights
     return {
         "source_name": source if source.startswith("hf:") else Path(source).name,
-        "sha256": source_sha256(source),
-        "fingerprint": data.fingerprint,
+        "digests": keyed_digests(config, data),
         "sequences": len(data.tokenized),
         "tokens": sum(len(t.input_ids) for t in data.tokenized),
         "trained_sequences": len(trainable),
