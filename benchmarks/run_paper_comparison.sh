@@ -29,12 +29,22 @@ runs="${BENCH_RUNS_DIR:-${UNMEMORIZE_CACHE:-$HOME/.cache/unmemorize}/benchmark-r
 mkdir -p "$out"
 
 command=("$python" -m unmemorize.cli compare --config "$config" --out "$out" --runs-dir "$runs")
+# The command as run from the repository root, with this machine's directories left out: the
+# repository is ".", the data location its path relative to the repository, the home "~".
+portable() {
+    local value="$1" data_rel
+    if [[ -n "${UNMEMORIZE_DATA:-}" ]]; then
+        data_rel="$(realpath --relative-to="$repo" "$UNMEMORIZE_DATA")"
+        value="${value//$UNMEMORIZE_DATA/$data_rel}"
+    fi
+    value="${value//$repo\//}"
+    printf '%s' "${value//$HOME/\~}"
+}
 {
-    printf 'cd %q &&' "$repo"
     for name in UNMEMORIZE_DATA UNMEMORIZE_BENCH_MODEL UNMEMORIZE_BENCH_FORGET; do
-        if [[ -n "${!name:-}" ]]; then printf ' %s=%q' "$name" "${!name}"; fi
+        if [[ -n "${!name:-}" ]]; then printf '%s=%q ' "$name" "$(portable "${!name}")"; fi
     done
-    printf ' %q' "${command[@]}"
+    for part in "${command[@]}"; do printf '%q ' "$(portable "$part")"; done
     printf '\n'
 } > "$out/command.txt"
 

@@ -107,6 +107,21 @@ def test_quick_evaluation_leaves_explicit_options_alone():
     assert quick.greedy_el is False and quick.undial_el_limit == QUICK_EVALUATION["undial_el_limit"]
 
 
+def test_standard_setting_is_recorded_and_explicit_options_win(tiny_models, capsys):
+    from unmemorize.config import EVALUATION_SETTINGS, evaluation_setting
+
+    config = EvalConfig(forget="f.csv", nlg_limit=7)
+    standard = evaluation_setting(config, "standard", explicit={"nlg_limit"})
+    assert standard.setting == "standard" and config.setting == "custom"
+    assert standard.nlg_limit == 7 and standard.nlu_limit == EVALUATION_SETTINGS["standard"]["nlu_limit"]
+    assert (standard.greedy_el, standard.el_stride, standard.nlg_heldout_limit) == (True, 1, 200)
+    assert quick_evaluation(config).setting == "quick"
+    # Two settings at once: one line, exit 2.
+    assert exit_code(["eval", "--model", str(tiny_models["llama"]), "--forget", "f.csv", "--quick", "--standard"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "choose one evaluation setting, not quick and standard" in error and len(error.splitlines()) == 1
+
+
 def test_the_evaluation_after_unlearning_reads_the_forget_set_as_training_did():
     config = UnlearnConfig(forget="f.txt", out="runs/x", model="base", split="paragraphs", text_column="body",
                            npy_tokenizer="tok", reference="unseen.csv", limit=5, max_length=64, el_n=(4,),

@@ -59,7 +59,11 @@ def portable(data):
     if isinstance(data, (list, tuple)):
         return [portable(value) for value in data]
     if isinstance(data, str) and ("/" in data or "\\" in data):
-        return data_relative(data)
+        relative = data_relative(data)
+        home = str(Path.home())
+        if relative == data and home not in ("", "/") and data.startswith(home + "/"):
+            return "~" + data[len(home):]  # e.g. the weights of a comparison's runs in the cache
+        return relative
     return data
 
 

@@ -160,15 +160,17 @@ def evaluation_table(report: dict) -> Table:
 
 
 def comparison_table(comparison: dict) -> Table:
-    table = Table(title=f"Comparison on {comparison['model']}")
-    shown = ("run", "method", "forget_ma", "reference_ma", "extractable", "mia_loss_auc", "nlu_avg", "mauve",
-             "heldout_ppl", "steps")
-    columns = [k for k in comparison["rows"][0] if k in shown or k.startswith("forget_el")]
-    for key in columns:
-        table.add_column(key, justify="left" if key in ("run", "method") else "right")
-    for row in comparison["rows"]:
-        table.add_row(*("-" if row[k] is None else f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k])
-                        for k in columns))
+    """The pooled rows of comparison.md (value [95 % interval], the verdict, matched utility)."""
+    from ..reporting.comparison import group_table
+
+    el_key = next((c.removeprefix("forget_") for c in comparison.get("columns") or [] if c.startswith("forget_el")),
+                  "el_10")
+    header, body = group_table(comparison, el_key)
+    table = Table(title=f"Comparison on {comparison['model']} (setting: {comparison.get('setting') or 'custom'})")
+    for column in header:
+        table.add_column(column, justify="left" if column in ("run", "method", "settings") else "right")
+    for row in body:
+        table.add_row(*row)
     return table
 
 

@@ -90,15 +90,17 @@ def _group_row(name: str, members: list[Finished], columns: list[Column], level:
                if v is not None]
     # Only when every seed got there: an average over the seeds that did would flatter the run.
     row["unseen_ma_at_level"] = sum(matched) / len(matched) if matched and len(matched) == len(members) else None
-    row["reached_level"] = f"{len(matched)} of {len(members)}"
+    # Said only for runs that recorded a curve (trained with --unseen-every-epoch).
+    row["reached_level"] = f"{len(matched)} of {len(members)}" if any(curve(m.result) for m in members) else None
     return row
 
 
-def _differences(columns: list[Column], groups: dict[str, list[Finished]], against: str) -> dict:
-    """{group: {column key: paired difference to ``against``}} for every other group."""
+def _differences(columns: list[Column], groups: dict[str, list[Finished]], against: str,
+                 skip: str | None = None) -> dict:
+    """{group: {column key: paired difference to ``against``}} for every other group but ``skip``."""
     out: dict[str, dict] = {}
     for name, members in groups.items():
-        if name == against:
+        if name in (against, skip):
             continue
         out[name] = {}
         for column in columns:
@@ -126,7 +128,7 @@ def build(finished: list[Finished], el_key: str, baseline: str | None) -> dict:
         group["forgotten"] = forgotten(group, thresholds, el_key)
     differences = {"vs_" + original.group: _differences(columns, grouped, original.group)}
     if baseline and baseline in grouped and baseline != original.group:
-        differences["vs_" + baseline] = _differences(columns, grouped, baseline)
+        differences["vs_" + baseline] = _differences(columns, grouped, baseline, skip=original.group)
     return {"columns": [c.key for c in columns], "thresholds": thresholds, "rows": rows,
             "groups": groups, "differences": differences,
             "curves": {item.name: curve(item.result) for item in finished[1:] if curve(item.result)}}
@@ -165,7 +167,7 @@ def _matched_cell(group: dict) -> str:
     if _finite(group.get("unseen_ma_at_level")):
         return _number(group["unseen_ma_at_level"], 3)
     reached = group.get("reached_level")
-    return f"– ({reached} seeds reached the level)" if reached and not reached.startswith("0 of 0") else "–"
+    return f"– ({reached} seeds reached the level)" if reached else "–"
 
 
 def _verdict(found: dict | None) -> str:

@@ -33,8 +33,8 @@ HEADLINE = (
     "memorization.mia.zlib.auc", "memorization.mia.min_k.auc", "memorization.mia.min_k_plus_plus.auc",
     "nlu.avg6_lm_eval.acc", "nlg.mauve", "nlg.heldout_ppl", "nlg.gen_ppl", "dialogue.average.f1",
 )
-SKIPPED_IN_TABLE = ("_stderr", ".n", ".samples", "prefix_tokens", "suffix_tokens", "forget_samples", "undial_el_pairs", "measurements", "intervals",
-                    "forgotten.checks")
+SKIPPED_IN_TABLE = ("_stderr", ".n", ".samples", "prefix_tokens", "suffix_tokens", "forget_samples",
+                    "undial_el_pairs", "measurements", "intervals", "mauve_clusters", "forgotten.checks")
 
 
 def comparison_rows(report: dict) -> list[tuple[str, list[float | None]]]:
