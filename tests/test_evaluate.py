@@ -68,28 +68,6 @@ def test_flatten_keeps_numbers_only():
     assert flatten({"a": {"b": 1, "c": True, "d": "x", "e": {"f": 0.5}}}) == {"a.b": 1.0, "a.e.f": 0.5}
 
 
-def test_dialogue_suite_scores_each_file_as_dialogue_f1_does(tiny_models, tmp_path):
-    """`--suites dialogue` on two dialogue files: each file's F1 is what metrics.nlg.dialogue_f1
-    gives on its own, and the average is their mean."""
-    from unmemorize.metrics import nlg
-    from unmemorize.models import load_model
-
-    first, second = tmp_path / "first.json", tmp_path / "second.json"
-    first.write_text(json.dumps({"text": {"0": ["Hi there", "Hello, who are you?", "I am Bob"],
-                                          "1": ["Where is Alice?", "In London"]}}))
-    second.write_text(json.dumps({"text": {"0": ["Good morning", "Morning! How are you?", "Fine, thanks"]}}))
-    out = tmp_path / "eval.json"
-    assert exit_code(["eval", "--model", str(tiny_models["gemma3"]), "--suites", "dialogue",
-                      "--dialogue-files", f"{first},{second}", "--dialogue-max-new-tokens", "5",
-                      "--json", str(out)]) == 0
-    results = json.loads(out.read_text())["results"]["model"]["dialogue"]
-    loaded = load_model(str(tiny_models["gemma3"]))
-    expected = {path.stem: nlg.dialogue_f1(loaded.model, loaded.tokenizer, path, max_new_tokens=5)
-                for path in (first, second)}
-    assert {name: results[name]["f1"] for name in expected} == pytest.approx(expected)
-    assert results["average"]["f1"] == pytest.approx(sum(expected.values()) / 2)
-
-
 def test_dialogue_suite_names_a_missing_file(tiny_models, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("UNMEMORIZE_DATA", str(tmp_path / "nowhere"))
     assert exit_code(["eval", "--model", str(tiny_models["llama"]), "--suites", "dialogue"]) == 2

@@ -470,6 +470,10 @@ def test_dialogue_suite_keeps_each_dialogues_f1(tiny_models, tmp_path):
     assert measurements["first.f1"] == {"statistic": "mean", "units": {"items": scores["first"]}}
     assert measurements["average.f1"] == {"statistic": "mean_of_means", "units": scores}
     assert results["first"] == {"f1": pytest.approx(sum(scores["first"]) / 2), "n": 2}
+    # Each file's F1 is what metrics.nlg.dialogue_f1 gives on that file alone.
+    for path in (first, second):
+        f1 = nlg.dialogue_f1(loaded.model, loaded.tokenizer, path, max_new_tokens=5)
+        assert results[path.stem]["f1"] == pytest.approx(f1)
     assert results["average"]["f1"] == pytest.approx((sum(scores["first"]) / 2 + scores["second"][0]) / 2)
     # A single dialogue resamples to itself: its interval is one point.
     assert results["intervals"]["second.f1"] == [scores["second"][0]] * 2
