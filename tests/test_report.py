@@ -337,6 +337,7 @@ def test_eval_report_from_a_constructed_json(tmp_path):
     assert re.search(r"<td>memorization.forget.ma</td><td class=\"num\">0.600</td><td class=\"num\">0.200</td>"
                      r"<td class=\"num\">-0.400</td>", page)
     assert "| memorization.forget.ma | 0.600 | 0.200 | -0.400 |" in markdown
+    assert "Evaluation setting: custom." in markdown
     assert "nlu.avg6_lm_eval.acc" in page and "Suite times: original memorization 1.5 s" in page
     assert not (tmp_path / "README.md").exists()  # no model here, no model card
 
@@ -494,3 +495,12 @@ def test_verdict_against_the_original_level_with_interval_and_utility():
         unlearning_verdict(metrics, evaluation)["line"]
     metrics["after"]["mean"]["ma"] = 0.45
     assert unlearning_verdict(metrics)["status"] == "not forgotten"
+
+
+def test_a_quick_evaluation_is_labelled_a_smoke_run(tmp_path):
+    report = eval_report()
+    report["config"]["setting"] = "quick"
+    (tmp_path / "eval.json").write_text(json.dumps(report))
+    md_path, html_path = write_report(tmp_path)
+    assert "Evaluation setting: quick — a smoke run" in md_path.read_text()
+    assert "Evaluation setting: quick — a smoke run" in html_path.read_text()

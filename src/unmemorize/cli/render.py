@@ -144,7 +144,9 @@ def evaluation_table(report: dict) -> Table:
     from ..reporting.tables import comparison_rows, evaluation_cells
 
     labels = list(report["models"])
-    table = Table(title="Evaluation: " + " vs ".join(f"{l} = {report['models'][l]}" for l in labels))
+    setting = (report.get("config") or {}).get("setting") or "custom"
+    table = Table(title="Evaluation: " + " vs ".join(f"{l} = {report['models'][l]}" for l in labels)
+                  + f" (setting: {setting}{' — a smoke run' if setting == 'quick' else ''})")
     table.add_column("metric", no_wrap=True)
     for label in labels:
         table.add_column(label, justify="right")
@@ -155,7 +157,8 @@ def evaluation_table(report: dict) -> Table:
         if len(values) == 2:
             cells.append(change or "-")
         table.add_row(key, *cells)
-    table.caption = "value [95 % interval]; change: paired bootstrap on the same items, ≈ = not resolved"
+    table.caption = "value [95 % interval]" + (
+        "; change: paired bootstrap on the same items, ≈ = not resolved" if len(labels) == 2 else "")
     return table
 
 

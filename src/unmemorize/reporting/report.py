@@ -297,6 +297,7 @@ def _eval_context(report: dict, source: Path, figures: _Figures) -> dict:
     return {
         "file": source.name, "models": [(label, report["models"][label]) for label in labels],
         "labels": labels, "judge": report.get("judge"), "rows": rows, "timings": timings,
+        "setting": (report.get("config") or {}).get("setting") or "custom",
         "wall_time_s": report.get("wall_time_s"), "config": list((report.get("config") or {}).items()),
         "figure": figure,
     }
