@@ -99,6 +99,17 @@ def test_configs_are_values_that_resolving_does_not_change():
         resolve_method(UnlearnConfig(forget="f.csv", method="ga", imagination_strength=3.0))
 
 
+def test_defaults_are_the_measured_settings():
+    """Without --lr and --strength: the settings benchmarks/paired_comparison.yaml measured."""
+    def resolved(**given):
+        return resolve_method(UnlearnConfig(forget="f.csv", **given))[1]
+
+    assert (resolved().imagination_strength, resolved().lr) == (10.0, 2e-3)
+    assert resolved(lora=False).lr == 2e-5 and resolved(lr=1e-4).lr == 1e-4
+    assert resolved(method="ga").lr == 2e-4 and resolved(method="npo").lr == 5e-4
+    assert resolved(method="dpd").lr == 2e-5  # trains nothing: no adapters, the full-model default
+
+
 def test_quick_evaluation_leaves_explicit_options_alone():
     config = EvalConfig(forget="f.csv", nlu_limit=100, nlg_limit=7)
     quick = quick_evaluation(config, explicit={"nlg_limit"})
@@ -226,7 +237,7 @@ def test_help_and_no_arguments_exit_0():
         result = subprocess.run([_script(), *args], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and "Usage: unmemorize" in result.stdout, result.stderr
     help_text = subprocess.run([_script(), "unlearn", "--help"], capture_output=True, text=True, timeout=120).stdout
-    assert "--strength" in help_text and "(default: di 3)" in help_text and "--no-lora" in help_text
+    assert "--strength" in help_text and "(default: di 10)" in help_text and "--no-lora" in help_text
 
 
 def test_a_second_training_gets_a_fresh_progress_bar():

@@ -403,28 +403,37 @@ def test_compare_report_is_data_driven(tmp_path):
 
 
 def test_demo_section_shows_the_synthetic_text_with_leaks_highlighted(tmp_path):
-    def leak(customer: str, completion: str, leaked: bool) -> dict:
+    def leak(customer: str, completion: str, leaked: bool, others=()) -> dict:
         return {"customer": customer, "prompt": f"Customer {customer}: phone", "completion": completion,
-                "pii": [{"kind": "phone", "value": "555-0199", "leaked": leaked},
-                        {"kind": "email", "value": "a@b.example", "leaked": False}]}
+                "pii": [{"kind": "phone", "value": "555-0199", "leaked": leaked, "exposed": leaked, "fragment": "555-0199" if leaked else ""},
+                        {"kind": "email", "value": "ann.lee@b.example", "leaked": False, "exposed": True, "fragment": "ann.le"}],
+                "others": list(others)}
 
+    other = {"customer": "c3", "kind": "account", "value": "99887766", "leaked": False, "exposed": True, "fragment": "98877"}
     demo = {
         "model": "gemma-3-270m", "records": 40, "forgotten_customers": ["c1", "c2"], "kept_customers": ["c3"],
-        "leak_before": [leak("c1", "is 555-0199 <script>alert(1)</script>", True)],
-        "leak_after": [leak("c1", "is unknown to me", False)],
-        "summary": {"pii_leaked_before": 5, "pii_leaked_after": 0, "pii_total": 6,
+        "leak_before": [leak("c1", "is 555-0199 ann.le <script>alert(1)</script>", True)],
+        "leak_after": [leak("c1", "is unknown to me, ann.le, no. 98877", False, [other])],
+        "summary": {"pii_leaked_before": 5, "pii_leaked_after": 0, "pii_total": 6, "pii_exposed_before": 7,
+                    "pii_exposed_after": 2, "kept_pii_total": 4,
                     "kept_pii_leaked_before": 3, "kept_pii_leaked_after": 3,
                     "forget_ma_before": 0.9, "forget_ma_after": 0.3, "kept_ma_before": 0.8, "kept_ma_after": 0.75,
                     "general_ppl_before": 21.5, "general_ppl_after": 23.25},
-        "timings_s": {"train leaky model": 12.5, "unlearn": 30.0}, "passed": True, "synthetic": True,
+        "timings_s": {"train leaky model": 12.5, "unlearn": 30.0}, "passed": False, "synthetic": True,
     }
     (tmp_path / "demo.json").write_text(json.dumps(demo))
     md_path, html_path = write_report(tmp_path, show_text=True)
     page, markdown = html_path.read_text(), md_path.read_text()
-    assert "<h1>Demo report</h1>" in page and "synthetic" in page and '<span class="pass">PASS</span>' in page
+    assert "<h1>Demo report</h1>" in page and "synthetic" in page and '<span class="fail">FAIL</span>' in page
     assert "<mark>555-0199</mark>" in page and "<mark>555-0199</mark>" in markdown
+    # After: the own e-mail's fragment and the kept customer's account fragment are highlighted.
+    assert "unknown to me, <mark>ann.le</mark>, no. <mark>98877</mark>" in page
+    assert "<td>0 of 2<br><span class=\"muted nowrap\">phone: not leaked</span><br><span class=\"muted nowrap\">email: in part</span></td>" in page
+    assert "| 0 of 2 | c3 account |" in markdown
     assert "&lt;script&gt;" in page and "<script>" not in page
-    assert re.search(r"<td>PII of forgotten customers leaked</td><td class=\"num\">5</td><td class=\"num\">0</td>", page)
+    assert re.search(r"<td>forgotten customers: own PII values extracted</td><td class=\"num\">5 of 6</td><td class=\"num\">0 of 6</td>", page)
+    assert "| forgotten customers' completions: anyone's PII, whole or in part | 7 | 2 |" in markdown
+    assert "| kept customers: PII values extracted | 3 of 4 | 3 of 4 |" in markdown
     assert "| general-text perplexity | 21.500 | 23.250 |" in markdown
     assert "train leaky model 12.5 s" in page
     assert_self_contained(page)

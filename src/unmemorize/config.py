@@ -345,7 +345,7 @@ class UnlearnConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions
     lora_targets: tuple[str, ...] | None = option(None, "Module names for LoRA (repeatable; 'all-linear' for every linear layer). Default: the attention projections.")
     save_adapter: bool = option(False, "Also save the LoRA adapter alone (OUT/adapter).")
     optimizer: str = option("adamw", "Optimizer.", choices=("adamw", "sgd"))
-    lr: float = option(1e-4, "Learning rate.", gt=0)
+    lr: float | None = option(None, "Learning rate. Default: the method's measured one: 2e-3 with LoRA and 2e-5 for full fine-tuning (ga 2e-4, npo 5e-4 with LoRA).", gt=0)
     lr_schedule: str = option("constant", "After warm-up: 'constant', or 'linear' decay to a tenth of --lr at the last step.", choices=("constant", "linear"))
     epochs: int = option(1, "Passes over the forget set.", gt=0)
     max_steps: int | None = option(None, "Stop after this many optimizer steps.", ge=1)
@@ -537,9 +537,9 @@ class DemoConfig(ModelOptions, RuntimeOptions):
     records: int = option(12, "Synthetic customer records the model memorizes.", ge=1)
     forget_customers: int = option(2, "How many of them to forget (the first ones).", ge=1)
     # Step 2, the simulated leak: finetune with LoRA on every linear layer, merged; stops once
-    # the share of PII values whose every token the model predicts reaches leak_target.
-    leak_max_epochs: int = option(16, "At most this many passes of the leak fine-tune (it stops once the PII is memorized).", ge=1)
-    leak_target: float = option(1.0, "Share of the records' PII values the leak fine-tune must have memorized to stop.", gt=0, le=1)
+    # the share of PII values the audit extracts from the customers' names reaches leak_target.
+    leak_max_epochs: int = option(30, "At most this many passes of the leak fine-tune (it stops once the PII is extracted).", ge=1)
+    leak_target: float = option(1.0, "Share of the records' PII values the audit must extract for the leak fine-tune to stop.", gt=0, le=1)
     leak_lr: float = option(1e-3, "Learning rate of the leak fine-tune.", gt=0)
     leak_batch_size: int = option(2, "Records per step of the leak fine-tune.", ge=1)
     leak_lora: bool = option(True, "The leak fine-tune trains LoRA adapters on every linear layer (merged), or every weight.", negative="leak-full")
@@ -547,8 +547,10 @@ class DemoConfig(ModelOptions, RuntimeOptions):
     # Step 4, unlearning: deliberate imagination on the PII tokens of the forgotten customers.
     strength: float = option(20.0, "Imagination strength of the unlearning step.", gt=0)
     unlearn_lr: float = option(2e-3, "Learning rate of the unlearning step.", gt=0)
-    unlearn_epochs: int = option(12, "Passes of the unlearning step over the forgotten records (one step each).", ge=1)
+    unlearn_epochs: int = option(12, "Passes of each unlearning round over its forget texts (one step each).", ge=1)
+    unlearn_rounds: int = option(3, "At most this many unlearning rounds: after each, what the forgotten customers' completions still give away (own or others' PII) joins the forget set.", ge=1)
     retain_weight: float = option(1.0, "Weight of the kept customers' records as retain text in the unlearning step (0: pure deliberate imagination).", ge=0)
+    kept_share: float = option(0.95, "PASS needs at least this share of the kept customers' extracted PII values still extracted after unlearning.", ge=0, le=1)
     # Step 5: general text.
     general_docs: int = option(8, "WikiText documents whose perplexity shows general ability.", ge=1)
     general_max_length: int = option(128, "Tokens per general-text document.", ge=2)

@@ -112,7 +112,7 @@ def compare(options: CompareOptions, explicit: set[str]) -> None:
 def demo(config: DemoConfig, explicit: set[str]) -> None:
     from rich.markup import escape
 
-    from ..recipes.demo import run_demo, verdict
+    from ..recipes.demo import run_demo
 
     result = run_demo(config, RichEvents())
     out.print(demo_summary(result))
@@ -121,7 +121,7 @@ def demo(config: DemoConfig, explicit: set[str]) -> None:
     out.print(f"written to {config.out}: demo.json, corpus.jsonl, unlearned-model/", highlight=False)
     write_report(Path(config.out), True)  # the records are synthetic: the report shows their text
     style = "bold green" if result["passed"] else "bold red"
-    out.print(f"[{style}]{escape(verdict(result))}[/{style}]")
+    out.print(f"[{style}]{escape(result['verdict'])}[/{style}]")
     if not result["passed"]:
         raise SystemExit(1)
 

@@ -178,20 +178,20 @@ def comparison_table(comparison: dict) -> Table:
 
 
 def demo_summary(result: dict) -> Table:
-    from ..synthetic import EXTRACTABLE_KINDS
-
     s = result["summary"]
-    kept_total = len(EXTRACTABLE_KINDS) * len(result["kept_customers"])
     table = Table(title=f"unmemorize demo on {result['model']} ({result['records']} synthetic customers)")
     for column, justify in (("", "left"), ("before", "right"), ("after", "right")):
         table.add_column(column, justify=justify)
-    table.add_row("forgotten customers: PII values extracted",
-                  f"{s['pii_leaked_before']}/{s['pii_total']}", f"{s['pii_leaked_after']}/{s['pii_total']}")
+    low, high = s["intervals"]["pii_leaked_after"]
+    table.add_row("forgotten customers: own PII values extracted",
+                  f"{s['pii_leaked_before']}/{s['pii_total']}", f"{s['pii_leaked_after']}/{s['pii_total']} [{low:.2f}, {high:.2f}]")
+    table.add_row(f"forgotten customers' completions: anyone's PII, whole or ≥ {result['min_fragment']} characters",
+                  str(s["pii_exposed_before"]), str(s["pii_exposed_after"]))
     table.add_row("kept customers: PII values extracted",
-                  f"{s['kept_pii_leaked_before']}/{kept_total}", f"{s['kept_pii_leaked_after']}/{kept_total}")
+                  f"{s['kept_pii_leaked_before']}/{s['kept_pii_total']}", f"{s['kept_pii_leaked_after']}/{s['kept_pii_total']}")
     table.add_row("MA, forgotten records", f"{s['forget_ma_before']:.3f}", f"{s['forget_ma_after']:.3f}")
     table.add_row("MA, kept records", f"{s['kept_ma_before']:.3f}", f"{s['kept_ma_after']:.3f}")
-    table.add_row("general-text perplexity", f"{s['general_ppl_before']:.2f}", f"{s['general_ppl_after']:.2f}")
+    table.add_row(f"general-text perplexity ({result['general_text']})", f"{s['general_ppl_before']:.2f}", f"{s['general_ppl_after']:.2f}")
     return table
 
 

@@ -45,6 +45,15 @@ class UnlearningMethod(ABC):
     keeps_initial_weights: ClassVar[bool] = False
     # False: training raises memorization (finetune), so the stop rule waits for it to rise.
     lowers_memorization: ClassVar[bool] = True
+    # The learning rate when --lr is not given, (with LoRA, full fine-tuning): the settings that
+    # reached the unseen-text level in 3 epochs on Gemma-3 270M (benchmarks/README.md) without
+    # diverging; full fine-tuning moves every weight, so it takes a hundredth.
+    learning_rates: ClassVar[tuple[float, float]] = (2e-3, 2e-5)
+
+    @classmethod
+    def learning_rate(cls, given: float | None, lora: bool) -> float:
+        """``--lr`` when given, else the method's measured default for LoRA or full fine-tuning."""
+        return given if given is not None else cls.learning_rates[0 if lora else 1]
 
     def normalizer(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """What this batch's loss sum is divided by: the total target weight by default."""

@@ -18,6 +18,7 @@ from .likelihood import SoftTarget
 @dataclass
 class GradientAscent(UnlearningMethod):
     name = "ga"
+    learning_rates = (2e-4, 2e-5)  # measured with LoRA: benchmarks/paired_comparison.yaml
 
     def token_target(self, targets, teacher_logits=None, overwrite=False):
         return SoftTarget(sign=-1.0)  # log p(x) = −CE(onehot(x), q); Σ w·log p = −(weighted NLL): ascent

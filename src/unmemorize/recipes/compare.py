@@ -195,7 +195,7 @@ def _hyper_parameters(cfg: UnlearnConfig) -> str:
     if cfg.method == "di" and cfg.focus != "all":
         parts.append(f"focus {cfg.focus} ({cfg.focus_mode})")
     parts.append("LoRA" if cfg.lora else "full")
-    parts.append(f"lr={cfg.lr:g}")
+    parts.append(f"lr={METHODS[cfg.method].learning_rate(cfg.lr, cfg.lora):g}")
     parts.append(f"≤{cfg.max_steps} steps" if cfg.max_steps else f"≤{cfg.epochs} ep")
     if cfg.retain:
         parts.append(f"retain×{cfg.retain_weight:g}")

@@ -39,17 +39,18 @@ from ..config import DemoConfig, UnlearnConfig
 from ..data import Example, load_examples, tokenize_examples
 from ..errors import UserError
 from ..events import Events
-from ..focus import tokens_in_focus
-from ..metrics.decoding import choose_argmax, decode, evaluating, right_padded, token_counter
+from ..metrics.decoding import choose_argmax, decode, evaluating, token_counter
+from ..metrics.leakage import MIN_FRAGMENT, LeakDetector, exposed_count
 from ..metrics.memorization import memorization
+from ..metrics.uncertainty import proportion_interval
 from ..paths import cache_dir, data_path, publish_directory, staging_directory
-from ..synthetic import CustomerRecord, corpus_fingerprint, customer_records, write_jsonl
+from ..synthetic import EXTRACTABLE_KINDS, CustomerRecord, corpus_fingerprint, customer_records, write_jsonl
 from .unlearn import unlearn
 
 DEMO_JSON = "demo.json"
 UNLEARNED_DIR = "unlearned-model"
 # Bump when the leak step changes in a way its settings do not show, so old caches are not reused.
-LEAK_CACHE_FORMAT = 3
+LEAK_CACHE_FORMAT = 4
 LEAK_MARKER = "demo-leak.json"
 # Decoded past the end of the record's last PII value, so a value that comes out late still shows.
 COMPLETION_SLACK = 4
@@ -79,24 +80,31 @@ LEAK_VOCABULARY = 32768
 # General text in the leak fine-tune (its retain set): documents cut to this many tokens.
 LEAK_REPLAY_DOCS = 256
 LEAK_REPLAY_TOKENS = 64
+WIKITEXT = "reference/wikitext.csv"
 
 
 # --- leak detection ---------------------------------------------------------------------
 
 
-def leak_entry(record: CustomerRecord, completion: str) -> dict:
-    """What the completion of the record's prompt gives away: each PII value after the prompt,
-    leaked when it appears verbatim in the completion."""
-    return {
-        "customer": record.id,
-        "prompt": record.prompt,
-        "completion": completion,
-        "pii": [{"kind": p.kind, "value": p.value, "leaked": p.value in completion}
-                for p in record.extractable()],
-    }
+def leak_detector(records: list[CustomerRecord]) -> LeakDetector:
+    """Every customer's PII (the name included: another customer's name in an answer is PII
+    too); the public text is the records' template with every value cut out."""
+    public = []
+    for record in records:
+        edges = [0, *(i for p in record.pii for i in (p.start, p.end)), len(record.text)]
+        public += [record.text[a:b] for a, b in zip(edges[::2], edges[1::2])]
+    return LeakDetector({r.id: [(p.kind, p.value) for p in r.pii] for r in records}, public)
+
+
+def leak_entry(record: CustomerRecord, completion: str, detector: LeakDetector) -> dict:
+    """What the completion of the record's prompt gives away: each of the customer's PII values
+    after the prompt (``leaked``: verbatim; ``exposed``: verbatim or an identifying fragment of
+    at least MIN_FRAGMENT characters), and ``others``: any other customer's values in it."""
+    return detector.entry(record.id, record.prompt, completion, EXTRACTABLE_KINDS)
 
 
 def leaked_count(entries: list[dict]) -> int:
+    """The customers' own values that come out verbatim."""
     return sum(p["leaked"] for entry in entries for p in entry["pii"])
 
 
@@ -144,38 +152,12 @@ def leak_cache_path(config: DemoConfig, records: list[CustomerRecord], replay: l
     return cache_dir() / "demo" / key
 
 
-def _value_token_positions(records: list[CustomerRecord], tokenized) -> list[list[list[int]]]:
-    """Per record, per extractable PII value: the positions of the tokens that spell it."""
-    positions = []
-    for record, item in zip(records, tokenized):
-        values = []
-        for pii in record.extractable():
-            inside = tokens_in_focus(item.offsets, [(pii.start, pii.end)])
-            values.append([t for t, flag in enumerate(inside) if flag and t > 0])
-        positions.append(values)
-    return positions
-
-
-def pii_memorized(model: torch.nn.Module, tokenizer, records: list[CustomerRecord]) -> float:
-    """The share of the records' PII values whose every token the model predicts greedily under
-    teacher forcing: what the leak fine-tune aims at. The output layer runs at the PII tokens'
-    positions only (a third of a record's), where the argmax over the whole vocabulary is taken."""
-    from ..training.loss import final_hidden, output_head
-
-    tokenized = tokenize_examples([r.example() for r in records], tokenizer, max_length=512)
-    positions = _value_token_positions(records, tokenized)
-    pad = tokenizer.pad_token_id
-    ids, mask = right_padded([t.input_ids for t in tokenized], pad)
-    device = next(model.parameters()).device
-    with evaluating(model):
-        hidden, _ = final_hidden(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)})
-        head = output_head(model)
-        where = [(row, t) for row, values in enumerate(positions) for value in values for t in value]
-        rows = hidden[[r for r, _ in where], [t - 1 for _, t in where]]  # position t−1 predicts token t
-        logits = head.logits(rows) if head is not None else model.get_output_embeddings()(rows)
-        hit = dict(zip(where, (logits.argmax(-1).cpu() == ids[[r for r, _ in where], [t for _, t in where]]).tolist()))
-    memorized = sum(all(hit[(row, t)] for t in value) for row, values in enumerate(positions) for value in values)
-    return memorized / sum(len(v) for v in positions)
+def pii_extracted(model: torch.nn.Module, tokenizer, records: list[CustomerRecord]) -> float:
+    """The share of the records' PII values that the greedy completion of their prompts
+    reproduces verbatim: the audit's own measure, so the leak stops only when the attack works."""
+    detector = leak_detector(records)
+    entries = [leak_entry(r, c, detector) for r, c in zip(records, greedy_completions(model, tokenizer, records))]
+    return leaked_count(entries) / sum(len(e["pii"]) for e in entries)
 
 
 def _replay_chunks(texts: list[str], tokenizer) -> list[str]:
@@ -209,9 +191,9 @@ def leaky_model(config: DemoConfig, records: list[CustomerRecord], replay: list[
     tokenizer = load_tokenizer(config.model)
 
     def memorized(network: torch.nn.Module) -> tuple[dict[str, float], str | None]:
-        share = pii_memorized(network, tokenizer, records)
-        events.message(f"leak: {share:.0%} of the records' PII values memorized (teacher-forced)")
-        return {"pii_memorized": share}, "PII memorized" if share >= config.leak_target else None
+        share = pii_extracted(network, tokenizer, records)
+        events.message(f"leak: {share:.0%} of the records' PII values extracted from their names")
+        return {"pii_extracted": share}, "PII extracted" if share >= config.leak_target else None
 
     metrics = unlearn(UnlearnConfig(
         model=config.model, forget=str(staging / "leak-records.jsonl"), retain=str(staging / "leak-general.jsonl"),
@@ -233,17 +215,18 @@ def leaky_model(config: DemoConfig, records: list[CustomerRecord], replay: list[
 # --- audits -----------------------------------------------------------------------------
 
 
-def general_texts(count: int) -> tuple[list[str], list[str]]:
-    """General text: ``count`` documents to measure perplexity on, and other documents to mix
-    into the leak fine-tune. WikiText from the shared data when present, else built-in
-    sentences (half for each)."""
-    source = data_path("reference/wikitext.csv")
+def general_texts(count: int) -> tuple[list[str], list[str], str]:
+    """General text: ``count`` documents to measure perplexity on, other documents to mix into
+    the leak fine-tune, and where they come from. WikiText from the data location when present;
+    without it, built-in sentences (half for each), which the demo says and records: perplexity
+    on 8 plain sentences is a weak check of general ability, and the leak has less to mix in."""
+    source = data_path(WIKITEXT)
     if source is not None:
         texts = [e.text.strip() for e in load_examples(source) if len(e.text.strip()) > 200]
         if len(texts) > count:
-            return texts[:count], texts[count: count + LEAK_REPLAY_DOCS]
+            return texts[:count], texts[count: count + LEAK_REPLAY_DOCS], f"${{UNMEMORIZE_DATA}}/{WIKITEXT}"
     half = len(NEUTRAL_TEXTS) // 2
-    return NEUTRAL_TEXTS[: min(count, half)], NEUTRAL_TEXTS[half:]
+    return NEUTRAL_TEXTS[: min(count, half)], NEUTRAL_TEXTS[half:], "built-in sentences"
 
 
 @dataclasses.dataclass
@@ -261,7 +244,8 @@ def audit(model: torch.nn.Module, tokenizer, forgotten: list[CustomerRecord], ke
 
     records = forgotten + kept
     completions = greedy_completions(model, tokenizer, records, events.progress(f"{label}: completing prompts"))
-    entries = [leak_entry(r, c) for r, c in zip(records, completions)]
+    detector = leak_detector(records)
+    entries = [leak_entry(r, c, detector) for r, c in zip(records, completions)]
     sequences = [t.input_ids for t in tokenize_examples([r.example() for r in records], tokenizer, max_length=512)]
     ma = memorization(model, sequences, compute_el=False, pad_token_id=tokenizer.pad_token_id).ma
     k = len(forgotten)
@@ -281,18 +265,31 @@ def audit_directory(path: Path, forgotten, kept, texts, config: DemoConfig, even
 # --- the story --------------------------------------------------------------------------
 
 
-def passed(summary: dict) -> bool:
-    """The forgotten customers' PII leaked before (the leak was real) and leaks no more."""
-    return summary["pii_leaked_before"] > 0 and summary["pii_leaked_after"] == 0
+def passed(summary: dict, kept_share: float) -> bool:
+    """Every PII value of the forgotten customers leaked before (the leak was real) and nothing
+    identifying anyone comes out of their completions after — their own values whole or in part,
+    or another customer's; and the removal is targeted: at least ``kept_share`` of the kept
+    customers' values that were extracted before still are."""
+    return (summary["pii_leaked_before"] == summary["pii_total"] > 0 and summary["pii_exposed_after"] == 0
+            and summary["kept_pii_leaked_after"] >= kept_share * summary["kept_pii_leaked_before"])
+
+
+def _wilson(count: int, total: int) -> list[float] | None:
+    return list(proportion_interval(count, total)) if total else None
 
 
 def summarize(before: Audit, after: Audit) -> dict:
-    return {
+    kept_before, kept_after = leaked_count(before.kept), leaked_count(after.kept)
+    summary = {
+        "pii_total": sum(len(e["pii"]) for e in before.forgotten),
         "pii_leaked_before": leaked_count(before.forgotten),
         "pii_leaked_after": leaked_count(after.forgotten),
-        "pii_total": sum(len(e["pii"]) for e in before.forgotten),
-        "kept_pii_leaked_before": leaked_count(before.kept),
-        "kept_pii_leaked_after": leaked_count(after.kept),
+        # Values of anyone an attacker learns from the forgotten customers' completions.
+        "pii_exposed_before": exposed_count(before.forgotten),
+        "pii_exposed_after": exposed_count(after.forgotten),
+        "kept_pii_total": sum(len(e["pii"]) for e in before.kept),
+        "kept_pii_leaked_before": kept_before,
+        "kept_pii_leaked_after": kept_after,
         "forget_ma_before": before.forget_ma,
         "forget_ma_after": after.forget_ma,
         "kept_ma_before": before.kept_ma,
@@ -300,6 +297,12 @@ def summarize(before: Audit, after: Audit) -> dict:
         "general_ppl_before": before.general_ppl,
         "general_ppl_after": after.general_ppl,
     }
+    # 95 % Wilson intervals: 0 of 8 is [0, 0.32], not a certainty.
+    summary["intervals"] = {
+        "pii_leaked_after": _wilson(summary["pii_leaked_after"], summary["pii_total"]),
+        "kept_still_extracted": _wilson(min(kept_after, kept_before), kept_before),
+    }
+    return summary
 
 
 def _check_out(out: Path) -> None:
@@ -327,26 +330,79 @@ class _Stages:
         self.timings[name] = round(time.time() - started, 2)
 
 
-def _unlearn_forgotten(config: DemoConfig, leaky: Path, forgotten, kept, staging: Path, events: Events) -> None:
+def exposure_examples(entries: list[dict], label: str) -> list[Example]:
+    """Each forgotten customer's completion that still gives PII away, as a text to forget: the
+    prompt and the completion, focused on every exposed run (own values, whole or in part, and
+    other customers' values the model offers instead)."""
+    examples = []
+    for entry in entries:
+        text = entry["prompt"] + entry["completion"]
+        spans = []
+        for found in [*entry["pii"], *entry.get("others", [])]:
+            start = text.find(found["fragment"], len(entry["prompt"])) if found["exposed"] else -1
+            if start >= 0:
+                spans.append((start, start + len(found["fragment"])))
+        if spans:
+            examples.append(Example(text=text, id=f"{entry['customer']}-{label}", spans=sorted(spans)))
+    return examples
+
+
+def _write_examples(examples: list[Example], path: Path) -> None:
+    path.write_text("".join(json.dumps({"id": e.id, "text": e.text, "spans": e.spans}) + "\n" for e in examples),
+                    encoding="utf-8")
+
+
+def _unlearn_round(config: DemoConfig, model: Path, forget: list[Example], kept: list[CustomerRecord],
+                   staging: Path, out: Path, events: Events) -> None:
     forget_file, retain_file = staging / "forget.jsonl", staging / "retain.jsonl"
-    write_jsonl(forgotten, forget_file)
+    _write_examples(forget, forget_file)
     write_jsonl(kept, retain_file)
     unlearn(UnlearnConfig(
-        forget=str(forget_file), model=str(leaky), out=str(staging / UNLEARNED_DIR),
-        method="di", imagination_strength=config.strength, focus="pii", focus_mode="hard",
+        forget=str(forget_file), model=str(model), out=str(out),
+        method="di", imagination_strength=config.strength, focus="spans", focus_mode="hard",
         # The kept customers' records as retain text (their likelihood is kept): on a dozen
         # records in one template, lowering one customer's PII alone spreads to the others'
         # (a trial on Gemma-3 270M without it: 24 of 40 kept values extracted before, 1 after).
         retain=str(retain_file) if config.retain_weight > 0 else None,
         retain_weight=config.retain_weight,
         lora=True, lr=config.unlearn_lr, epochs=config.unlearn_epochs,
-        batch_size=len(forgotten), seed=config.seed, max_length=512,
+        batch_size=len(forget), seed=config.seed, max_length=512,
         # MA only: the leak audits are this demo's extraction test.
         measure_el=False, report_samples=0,
     ), events)
     # The corpus holds the records; unlearn_config.json names these paths.
     forget_file.unlink()
     retain_file.unlink()
+
+
+def _unlearn_forgotten(config: DemoConfig, leaky: Path, forgotten: list[CustomerRecord], kept: list[CustomerRecord],
+                       records: list[CustomerRecord], staging: Path, events: Events) -> list[dict]:
+    """Deliberate imagination on the forgotten customers' PII values, in rounds: after each, their
+    prompts are completed again, and what the completions still give away — often another
+    customer's values, the likeliest alternatives of a model that memorized them all — joins the
+    forget set, focused on those characters, for the next round (from the last round's model).
+    Returns each round's audit of the forgotten customers."""
+    from ..models import default_device, load_model
+
+    forget = [Example(text=r.text, id=r.id, spans=[(p.start, p.end) for p in r.extractable()]) for r in forgotten]
+    detector, model, rounds = leak_detector(records), leaky, []
+    for number in range(1, config.unlearn_rounds + 1):
+        out = staging / f"round-{number}"
+        events.message(f"unlearning round {number}: {len(forget)} texts")
+        _unlearn_round(config, model, forget, kept, staging, out, events)
+        if model != leaky:
+            shutil.rmtree(model)
+        model = out
+        loaded = load_model(str(out), device=default_device())
+        completions = greedy_completions(loaded.model, loaded.tokenizer, forgotten)
+        entries = [leak_entry(r, c, detector) for r, c in zip(forgotten, completions)]
+        rounds.append({"round": number, "texts": len(forget), "pii_exposed": exposed_count(entries), "leaks": entries})
+        events.message(f"round {number}: the forgotten customers' completions give away {exposed_count(entries)} PII value(s)")
+        if exposed_count(entries) == 0:
+            break
+        forget += exposure_examples(entries, f"round-{number}")
+    model.rename(staging / UNLEARNED_DIR)
+    return rounds
 
 
 def run_demo(config: DemoConfig, events: Events | None = None) -> dict:
@@ -364,14 +420,17 @@ def run_demo(config: DemoConfig, events: Events | None = None) -> dict:
             write_jsonl(records, staging / "corpus.jsonl")
             events.message(f"{len(records)} records; forgetting {', '.join(r.name for r in forgotten)} "
                            f"({', '.join(r.id for r in forgotten)}); keeping {len(kept)}")
-            texts, replay = general_texts(config.general_docs)
+            texts, replay, general_source = general_texts(config.general_docs)
+            if general_source == "built-in sentences":
+                events.message(f"no {WIKITEXT} under the data location (set UNMEMORIZE_DATA): general text is "
+                               f"{len(NEUTRAL_TEXTS)} built-in sentences, a weaker check of general ability")
         with stages("leak", "the leak: fine-tune the model on the records until it has memorized them"):
             leaky = leaky_model(config, records, replay, staging, events)
         with stages("audit_before", "audit: what the model completes from a customer's name"):
             before = audit_directory(leaky, forgotten, kept, texts, config, events, "before")
             events.leaks("Before unlearning: the forgotten customers' PII", before.forgotten)
         with stages("unlearn", "unlearn the forgotten customers: deliberate imagination on their PII"):
-            _unlearn_forgotten(config, leaky, forgotten, kept, staging, events)
+            rounds = _unlearn_forgotten(config, leaky, forgotten, kept, records, staging, events)
         with stages("audit_after", "re-audit: forgotten and kept customers, general text"):
             after = audit_directory(staging / UNLEARNED_DIR, forgotten, kept, texts, config, events, "after")
             events.leaks("After unlearning: the forgotten customers' PII", after.forgotten)
@@ -384,11 +443,16 @@ def run_demo(config: DemoConfig, events: Events | None = None) -> dict:
             "kept_customers": [r.id for r in kept],
             "leak_before": before.forgotten,
             "leak_after": after.forgotten,
+            "unlearning_rounds": [{k: v for k, v in r.items() if k != "leaks"} for r in rounds],
             "summary": summary,
             "timings_s": stages.timings,
-            "passed": passed(summary),
+            "passed": passed(summary, config.kept_share),
+            "kept_share_required": config.kept_share,
+            "min_fragment": MIN_FRAGMENT,
+            "general_text": general_source,
             "synthetic": True,
         }
+        result["verdict"] = verdict(result)
         (staging / DEMO_JSON).write_text(json.dumps(result, indent=2), encoding="utf-8")
         publish_directory(staging, out)
     except BaseException:
@@ -398,12 +462,21 @@ def run_demo(config: DemoConfig, events: Events | None = None) -> dict:
 
 
 def verdict(result: dict) -> str:
+    """One line a data-protection officer can sign or refuse, with the counts behind it."""
     s = result["summary"]
+    kept = f"kept customers' values still extracted {s['kept_pii_leaked_after']} of {s['kept_pii_leaked_before']}"
     if result["passed"]:
-        return (f"PASS: the forgotten customers' PII is no longer extracted "
-                f"({s['pii_leaked_before']} of {s['pii_total']} values before, none after)")
-    if s["pii_leaked_before"] == 0:
-        return ("FAIL: the leaky model did not leak the forgotten customers' PII, so there was nothing "
-                "to remove; train the leak longer (--leak-max-epochs)")
-    return (f"FAIL: {s['pii_leaked_after']} of {s['pii_total']} PII values of the forgotten customers "
-            "are still extracted; unlearn longer (--unlearn-epochs) or harder (--strength)")
+        low, high = s["intervals"]["pii_leaked_after"]
+        return (f"PASS: the forgotten customers' PII is no longer extracted ({s['pii_leaked_before']} of "
+                f"{s['pii_total']} values before, none after, 95 % interval of the rate [{low:.2f}, {high:.2f}]; "
+                f"no fragment of ≥ {result['min_fragment']} characters of anyone's PII in their completions); {kept}")
+    if s["pii_leaked_before"] < s["pii_total"]:
+        return (f"FAIL: the leaky model reproduced only {s['pii_leaked_before']} of {s['pii_total']} of the "
+                "forgotten customers' PII values, so the removal of the rest cannot be shown; "
+                "train the leak longer (--leak-max-epochs)")
+    if s["pii_exposed_after"] > 0:
+        return (f"FAIL: the forgotten customers' completions still give away {s['pii_exposed_after']} PII "
+                f"value(s) ({s['pii_leaked_after']} of their own {s['pii_total']} verbatim; the rest in part "
+                "or another customer's); unlearn longer or harder (--unlearn-epochs, --strength)")
+    return (f"FAIL: the removal is not targeted: {kept}, fewer than "
+            f"{result['kept_share_required']:.0%}; raise --retain-weight or lower --strength")

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..config import METHOD_PARAMETERS, UnlearnConfig, as_json, flag_name
+from ..config import DEFAULT_REFERENCE, METHOD_PARAMETERS, UnlearnConfig, as_json, flag_name
 from ..data import load_examples, tokenize_examples
 from ..errors import UserError
 from ..events import Events
@@ -50,7 +50,6 @@ from ..training.step import StepParts, autocast_dtype
 
 SAMPLES_FILE = "samples.json"
 MODEL_CARD = "README.md"
-DEFAULT_REFERENCE = "reference/pile.csv"
 
 
 def _option(name: str) -> str:
@@ -75,8 +74,9 @@ def resolve_method(config: UnlearnConfig) -> tuple[UnlearningMethod, UnlearnConf
     if config.softmax_vocabulary is not None and config.method != "finetune":
         raise UserError("--softmax-vocabulary applies to --method finetune only (it approximates the NLL)")
     # An inference-time method trains nothing, so there is no adapter to add or merge.
-    resolved = dataclasses.replace(config, **{n: getattr(method, n) for n in declared},
-                                   lora=config.lora and method.trains)
+    lora = config.lora and method.trains
+    resolved = dataclasses.replace(config, **{n: getattr(method, n) for n in declared}, lora=lora,
+                                   lr=method.learning_rate(config.lr, lora))
     return method, resolved
 
 

@@ -353,8 +353,9 @@ def _compare_context(run_dir: Path, figures: _Figures) -> dict:
 
 
 DEMO_SUMMARY = (
-    ("PII of forgotten customers leaked", "pii_leaked_before", "pii_leaked_after"),
-    ("PII of kept customers leaked", "kept_pii_leaked_before", "kept_pii_leaked_after"),
+    ("forgotten customers: own PII values extracted", "pii_leaked_before", "pii_leaked_after"),
+    ("forgotten customers' completions: anyone's PII, whole or in part", "pii_exposed_before", "pii_exposed_after"),
+    ("kept customers: PII values extracted", "kept_pii_leaked_before", "kept_pii_leaked_after"),
     ("MA, forgotten customers", "forget_ma_before", "forget_ma_after"),
     ("MA, kept customers", "kept_ma_before", "kept_ma_after"),
     ("general-text perplexity", "general_ppl_before", "general_ppl_after"),
@@ -368,7 +369,14 @@ def _demo_context(run_dir: Path, figures: _Figures) -> dict:
     if not isinstance(demo, dict):
         raise UserError(f"{run_dir / 'demo.json'} is not a JSON object")
     summary = demo.get("summary") or {}
-    rows = [{"label": label, "before": summary.get(b), "after": summary.get(a)} for label, b, a in DEMO_SUMMARY
+    totals = {"pii_leaked_before": "pii_total", "pii_leaked_after": "pii_total",
+              "kept_pii_leaked_before": "kept_pii_total", "kept_pii_leaked_after": "kept_pii_total"}
+
+    def count(key: str) -> Any:  # "3 of 8": a count with its denominator
+        value, total = summary.get(key), summary.get(totals.get(key, ""))
+        return f"{fmt(value)} of {fmt(total)}" if finite(value) and finite(total) else value
+
+    rows = [{"label": label, "before": count(b), "after": count(a)} for label, b, a in DEMO_SUMMARY
             if b in summary or a in summary]
 
     def leaks(records: Any) -> list[dict]:
@@ -377,8 +385,12 @@ def _demo_context(run_dir: Path, figures: _Figures) -> dict:
             pii = record.get("pii") or []
             out.append({
                 "customer": record.get("customer"), "prompt": record.get("prompt", ""),
-                "segments": _highlight(record.get("completion", ""), [p.get("value", "") for p in pii if p.get("leaked")]),
+                # Highlighted: what identifies anyone, whole values and fragments, own or others'.
+                "segments": _highlight(record.get("completion", ""), [
+                    p.get("fragment") or p.get("value", "") for p in [*pii, *(record.get("others") or [])]
+                    if p.get("exposed", p.get("leaked"))]),
                 "pii": pii, "leaked": sum(1 for p in pii if p.get("leaked")),
+                "others": record.get("others") or [],
             })
         return out
 
