@@ -135,6 +135,30 @@ def test_fragments_of_anyones_pii_count_and_shared_or_template_text_does_not():
     assert exposed_count([crossed]) == 3 and exposed_count([partial, shared]) == 1
 
 
+def test_what_still_leaks_becomes_a_text_to_forget_focused_on_the_leaked_characters():
+    records = customer_records(3, seed=2)
+    detector = leak_detector(records)
+    other_email = records[2].extractable()[0].value
+    own_phone = records[0].extractable()[1].value
+    completion = f", e-mail {other_email}, phone {own_phone[:7]}00, lives nowhere"
+    entry = leak_entry(records[0], completion, detector)
+    (example,) = demo.exposure_examples([entry, leak_entry(records[1], "", detector)], "round-1")
+    text = records[0].prompt + completion
+    assert example.text == text and example.id == f"{records[0].id}-round-1"
+    email_at = text.index(other_email)
+    phone_at = len(records[0].prompt) + completion.index(own_phone[:7])
+    assert example.spans == [(email_at, email_at + len(other_email)), (phone_at, phone_at + 7)]
+
+
+def test_decoys_put_every_other_customers_values_after_a_forgotten_name():
+    records = customer_records(3, seed=5)
+    decoys = demo.decoy_examples(records[:1], records)
+    assert [d.id for d in decoys] == [f"{records[0].id}-as-{r.id}" for r in records[1:]]
+    for decoy, other in zip(decoys, records[1:]):
+        assert decoy.text.startswith(records[0].prompt + ", e-mail ")
+        assert [decoy.text[a:b] for a, b in decoy.spans] == [p.value for p in other.extractable()]
+
+
 def _audit(forgotten, kept):
     return Audit(forgotten, kept, forget_ma=0.9, kept_ma=0.9, general_ppl=20.0)
 
@@ -335,11 +359,12 @@ def test_demo_on_gemma_removes_the_forgotten_pii(tmp_path):
     result = run_demo(DemoConfig(out=str(tmp_path / "demo")))
     elapsed = time.time() - started
     s = result["summary"]
-    assert s["pii_leaked_before"] >= s["pii_total"] // 2, result["leak_before"]
-    assert s["pii_leaked_after"] == 0, result["leak_after"]
-    assert result["passed"] is True
-    # Targeted: most of the kept customers' PII still comes back.
-    assert s["kept_pii_leaked_after"] >= s["kept_pii_leaked_before"] // 2
+    assert s["pii_leaked_before"] == s["pii_total"] == 8, result["leak_before"]
+    # Nothing of anyone's PII in the forgotten customers' completions, whole or in part.
+    assert s["pii_leaked_after"] == 0 and s["pii_exposed_after"] == 0, result["leak_after"]
+    # Targeted: 95 % of the kept customers' extracted values still come back.
+    assert s["kept_pii_leaked_after"] >= 0.95 * s["kept_pii_leaked_before"] > 0
+    assert result["passed"] is True and result["verdict"].startswith("PASS")
     print(f"demo on gemma-3-270m: {elapsed:.0f} s; steps {result['timings_s']}; summary {s}")
 
 

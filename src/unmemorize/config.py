@@ -548,6 +548,7 @@ class DemoConfig(ModelOptions, RuntimeOptions):
     strength: float = option(20.0, "Imagination strength of the unlearning step.", gt=0)
     unlearn_lr: float = option(2e-3, "Learning rate of the unlearning step.", gt=0)
     unlearn_epochs: int = option(12, "Passes of each unlearning round over its forget texts (one step each).", ge=1)
+    decoys: bool = option(True, "Also unlearn each forgotten customer's name followed by every other customer's PII (what the model would answer instead), in that context only.", negative="no-decoys")
     unlearn_rounds: int = option(3, "At most this many unlearning rounds: after each, what the forgotten customers' completions still give away (own or others' PII) joins the forget set.", ge=1)
     retain_weight: float = option(1.0, "Weight of the kept customers' records as retain text in the unlearning step (0: pure deliberate imagination).", ge=0)
     kept_share: float = option(0.95, "PASS needs at least this share of the kept customers' extracted PII values still extracted after unlearning.", ge=0, le=1)

@@ -330,6 +330,22 @@ class _Stages:
         self.timings[name] = round(time.time() - started, 2)
 
 
+def decoy_examples(forgotten: list[CustomerRecord], records: list[CustomerRecord]) -> list[Example]:
+    """Each forgotten customer's prompt followed by every other customer's record, focused on the
+    other customer's values: the answers a model that memorized all the records would give
+    instead of the forgotten values (its likeliest alternatives), unlearned in the forgotten
+    customer's context only — the retain text keeps them in their owners'."""
+    examples = []
+    for person in forgotten:
+        for other in records:
+            if other.id == person.id:
+                continue
+            shift = len(person.prompt) - len(other.prompt)
+            examples.append(Example(text=person.prompt + other.text[len(other.prompt):], id=f"{person.id}-as-{other.id}",
+                                    spans=[(p.start + shift, p.end + shift) for p in other.extractable()]))
+    return examples
+
+
 def exposure_examples(entries: list[dict], label: str) -> list[Example]:
     """Each forgotten customer's completion that still gives PII away, as a text to forget: the
     prompt and the completion, focused on every exposed run (own values, whole or in part, and
@@ -385,6 +401,8 @@ def _unlearn_forgotten(config: DemoConfig, leaky: Path, forgotten: list[Customer
     from ..models import default_device, load_model
 
     forget = [Example(text=r.text, id=r.id, spans=[(p.start, p.end) for p in r.extractable()]) for r in forgotten]
+    if config.decoys:
+        forget += decoy_examples(forgotten, records)
     detector, model, rounds = leak_detector(records), leaky, []
     for number in range(1, config.unlearn_rounds + 1):
         out = staging / f"round-{number}"
