@@ -7,12 +7,15 @@ from pathlib import Path
 
 from ..config import (
     DEFAULT_FORGET, AuditConfig, CompareOptions, DemoConfig, EvalConfig, EvalOutputs, FollowUpEvaluation,
-    ReportOptions, UnlearnConfig, evaluation_after, evaluation_setting, quick_evaluation,
+    PlanConfig, ReportOptions, UnlearnConfig, evaluation_after, evaluation_setting, quick_evaluation,
 )
 from ..errors import UserError
 from ..paths import data_path, write_json
 
-from .render import RichEvents, audit_table, comparison_table, demo_summary, err, evaluation_table, unlearn_summary, write_report, out
+from .render import (
+    RichEvents, audit_table, comparison_table, demo_summary, err, evaluation_table, out, plan_table, unlearn_summary,
+    write_report,
+)
 
 
 def _evaluate(config: EvalConfig, json_path: Path | None) -> dict:
@@ -138,3 +141,25 @@ def models(explicit: set[str]) -> None:
         table.add_row(entry["name"], entry["description"], "yes" if entry["installed"] else "no",
                       "yes" if entry["cached"] else "no", entry.get("install_hint", ""))
     out.print(table)
+
+
+def plan(config: PlanConfig, explicit: set[str]) -> None:
+    from ..recipes.plan import run_plan
+
+    result = run_plan(config, RichEvents())
+    out.print(plan_table(result))
+    asked, budget = result["asked"], result.get("budget")
+    out.print(f"config: {result['config_source']}; trainable parameters {result['trainable_parameters']:,}",
+              highlight=False)
+    if budget is not None:
+        size = f"{budget['bytes_per_process'] / 2**30:.1f} GiB per process × {budget['processes']}"
+        if budget["fits"]:
+            out.print(f"fits {size}: {asked['command']}", highlight=False)
+        elif budget["fitting"] is None:
+            out.print(f"nothing tried fits {size} (every strategy, micro-batch 1, LoRA)", highlight=False)
+        else:
+            out.print(f"does not fit {size}; the smallest change that does: {budget['fitting']['command']}",
+                      highlight=False)
+    if config.json_path:
+        write_json(Path(config.json_path), result)
+        out.print(f"plan written to {config.json_path}", highlight=False)

@@ -33,8 +33,9 @@ class RunIdentity:
 
 
 def save(directory: Path, state: TrainState, identity: RunIdentity, wall_time_s: float,
-         trainable: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler) -> Path:
-    """A checkpoint of ``state`` (the last completed step) in ``directory``."""
+         trainable: dict[str, torch.Tensor], optimizer_state: dict, scheduler) -> Path:
+    """A checkpoint of ``state`` (the last completed step) in ``directory``. ``optimizer_state``
+    is ``optimizer.state_dict()``, or a sharded run's whole state keyed by parameter name."""
     data = {
         "step": state.step, "epoch": state.epoch, "batches_done": state.batches_done,
         # An epoch's evaluation is redone on resume when the checkpoint is inside that epoch.
@@ -44,7 +45,7 @@ def save(directory: Path, state: TrainState, identity: RunIdentity, wall_time_s:
         "resolved_config": as_json(identity.resolved), "data_fingerprint": identity.fingerprint,
         "wall_time_s": wall_time_s,
     }
-    trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": state.rng}
+    trainer = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": state.rng}
     return checkpoint.save(directory, state.step, trainable, trainer, data)
 
 
