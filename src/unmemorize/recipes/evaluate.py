@@ -7,10 +7,12 @@ suites of `unmemorize.suites`, and returns nested results keyed by suite, task a
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from ..config import EvalConfig, as_json
+from ..errors import UserError
 from ..events import Events
 from ..models import default_device, load_model
 from ..suites import Shared, check_inputs, get_suites
@@ -26,6 +28,10 @@ def run_eval(config: EvalConfig, events: Events | None = None, thresholds: dict 
     ``thresholds`` (MA/EL on unseen text, e.g. the original's from an earlier evaluation) is
     the "forgotten" level; without it the first model evaluated here sets it."""
     events = events or Events()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Its sampled metrics (UNDIAL EL, generations) draw from streams a split would reorder.
+        raise UserError("eval does not share its suites among processes: run it as one process "
+                        "(audit does: accelerate launch -m unmemorize.cli audit ...)")
     suites = get_suites(config.suites)
     check_inputs(config)
     started = time.time()
