@@ -11,6 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from conftest import exit_code
+
 TEXTS = [
     "Alice Johnson lives at 42 Baker Street in London.",
     "Contact mary.jones@example.com for the account.",
@@ -90,9 +92,7 @@ def test_fsdp_on_two_processes_takes_the_same_step_as_one(tiny_models, tmp_path)
     )
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     assert "FSDP over 2 processes" in sharded.stderr
-    single = subprocess.run([sys.executable, "-m", "unmemorize.cli", *common, "--batch-size", "2", "--out",
-                             str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-3000:]
+    assert exit_code([*common, "--batch-size", "2", "--out", str(tmp_path / "one")]) == 0
     two, one, original = _states(tmp_path / "two", tmp_path / "one", tiny_models["gemma3"])
     assert max((one[k] - original[k]).abs().max() for k in one) > 1e-4
     for key in one:
@@ -155,22 +155,46 @@ def test_a_sharded_checkpoint_resumes_on_one_process(tiny_models, tmp_path):
         assert torch.allclose(resumed[key], reference[key], rtol=0, atol=1e-5), key
 
 
+COMMANDS = """
+import json, sys
+from unmemorize.cli import main
+
+for args in json.loads(sys.argv[1]):
+    main(args)
+"""
+
+
 @pytest.mark.multiprocess
-@pytest.mark.timeout(300)
-def test_audit_on_two_processes_writes_the_single_process_result(tiny_models, tmp_path):
-    """The samples' batches dealt to 2 processes and merged: the same JSON, byte for byte."""
+@pytest.mark.timeout(400)
+def test_audit_and_eval_on_two_processes_give_the_single_process_results(tiny_models, shared_data, tmp_path,
+                                                                          monkeypatch):
+    """audit: the samples' batches dealt to 2 processes and merged — the same JSON, byte for
+    byte. eval of two models, memorization (the original's sets the thresholds the other is
+    judged by) and NLU: the (model, suite) jobs shared by 2 processes, merged in order — every
+    result as one process's (only the wall times differ)."""
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps({"text": t}) for t in TEXTS + [t[::-1] for t in TEXTS[:3]]))
-    common = ["audit", "--model", str(tiny_models["gemma3"]), "--data", str(data), "--el-n", "2", "--el-n", "4",
-              "--batch-size", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    two = subprocess.run([_launcher("torchrun"), "--nproc_per_node", "2", "--master_port", "29536", "-m",
-                          "unmemorize.cli", *common, "--json", str(tmp_path / "two.json")],
-                         env=env, capture_output=True, text=True, timeout=240)
+    audit = ["audit", "--model", str(tiny_models["gemma3"]), "--data", str(data), "--el-n", "2", "--el-n", "4",
+             "--batch-size", "2"]
+    evaluate = ["eval", "--model", str(tiny_models["llama"]), "--original", str(tiny_models["gemma3"]),
+                "--forget", str(data), "--suites", "memorization,nlu", "--nlu-tasks", "copa,piqa", "--nlu-limit", "4",
+                "--reference-limit", "4", "--no-greedy-el", "--undial-el-limit", "2", "--device", "cpu"]
+    script = tmp_path / "commands.py"
+    script.write_text(COMMANDS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "UNMEMORIZE_DATA": str(shared_data)}
+    two = subprocess.run([_launcher("torchrun"), "--nproc_per_node", "2", "--master_port", "29537", str(script),
+                          json.dumps([[*audit, "--json", str(tmp_path / "audit2.json")],
+                                      [*evaluate, "--json", str(tmp_path / "eval2.json")]])],
+                         env=env, capture_output=True, text=True, timeout=360)
     assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, "-m", "unmemorize.cli", *common, "--json", str(tmp_path / "one.json")],
-                         env=env, capture_output=True, text=True, timeout=240)
-    assert one.returncode == 0, one.stderr[-3000:]
-    merged = json.loads((tmp_path / "two.json").read_text())
+    monkeypatch.setenv("UNMEMORIZE_DATA", str(shared_data))  # for the single-process runs in this process
+    assert exit_code([*audit, "--json", str(tmp_path / "audit1.json")]) == 0
+    assert exit_code([*evaluate, "--json", str(tmp_path / "eval1.json")]) == 0
+    merged = json.loads((tmp_path / "audit2.json").read_text())
     assert any(sample["el_2"] > 0 for sample in merged["samples"])
-    assert (tmp_path / "two.json").read_bytes() == (tmp_path / "one.json").read_bytes()
+    assert (tmp_path / "audit2.json").read_bytes() == (tmp_path / "audit1.json").read_bytes()
+    merged, single = (json.loads((tmp_path / f"eval{n}.json").read_text()) for n in (2, 1))
+    for report in (merged, single):
+        report.pop("timings_s"), report.pop("wall_time_s")
+    assert merged == single
+    assert set(merged["results"]["unlearned"]) == {"memorization", "nlu"}

@@ -26,6 +26,10 @@ def test_parameter_counts_follow_the_architectures_formulas(tiny_models):
     arch = architecture(config, "tiny")
     assert arch.parameters == 2 * layer + 2 * config.vocab_size * 32 + 32
     assert (arch.largest_layer, arch.edges, arch.head) == (layer, 2 * config.vocab_size * 32 + 32, config.vocab_size * 32)
+    assert arch.norm_inputs == 2 * 32
+    # Gemma 3 270M: four norms of H = 640 per layer, and q/k norms over 4 query heads and 1
+    # key/value head of 256.
+    assert architecture(memory.known_config("gemma-3-270m"), "gemma").norm_inputs == 4 * 640 + 4 * 256 + 256
     # LoRA on q, k, v, o: r·(in + out) each, per layer.
     assert arch.lora_per_rank == 2 * ((32 + 32) + (32 + 16) + (32 + 16) + (32 + 32))
     # GPT-Neo 1.3B's published config: per layer 2 norms (2·2H), q k v (3H²), out_proj (H² + H),
@@ -42,25 +46,25 @@ def test_parameter_counts_follow_the_architectures_formulas(tiny_models):
 
 ARCH = Architecture(name="hand", parameters=1000, largest_layer=100, edges=300, head=200, layers=2, hidden=4,
                     query_width=8, kv_width=4, intermediate=16, gated_mlp=True, heads=2, vocab=50,
-                    lora_per_rank=10, lora_inputs=12)
+                    lora_per_rank=10, lora_inputs=12, norm_inputs=8)
 
 
 def test_each_term_matches_the_hand_computed_bytes():
     full = memory_terms(ARCH, Setting(batch_size=2, max_length=3, device="cuda"))
-    # 6 tokens; per token and layer 4·4 + 3·8 + 3·4 + 4·16 = 116 (no attention probabilities on
-    # a GPU); 2 layers + the final norm's 2·4 = 240 floats per token.
+    # 6 tokens; per token and layer: norms 8, projection inputs 2·4, q k v and output 3·8 + 2·4,
+    # MLP 4·16 = 112 (no attention probabilities on a GPU); 2 layers + the final norm's 2·4 = 232.
     # Chunk buffers: 2^26 // 50 = 1,342,177 rows of 50, three of them (teacher: yes), plus the
     # head's gradient 200 floats.
     assert full == {"weights": 4000, "teacher": 4000, "gradients": 4000, "optimizer": 8000,
-                    "activations": 6 * 240 * 4, "logits": 3 * 1_342_177 * 50 * 4 + 800,
+                    "activations": 6 * 232 * 4, "logits": 3 * 1_342_177 * 50 * 4 + 800,
                     "runtime": memory.RUNTIME_BYTES["cuda"]}
     lora = memory_terms(ARCH, Setting(batch_size=2, max_length=3, lora=True, lora_r=4, device="cpu",
                                       optimizer="sgd", chunked=False))
     # LoRA: 40 trainable, no teacher copy, no optimizer state (SGD); on a CPU the attention
-    # probabilities (2 heads × 3) and LoRA's dropout (2·12) join: 116 + 6 + 24 = 146 per layer.
+    # probabilities (2 heads × 3) and LoRA's dropout (2·12) join: 112 + 6 + 24 = 142 per layer.
     # Full logits: 4 × 6 tokens × 50 floats.
     assert lora == {"weights": 4000, "teacher": 0, "gradients": 160, "optimizer": 0,
-                    "activations": 6 * (2 * 146 + 8) * 4, "logits": 4 * 6 * 50 * 4,
+                    "activations": 6 * (2 * 142 + 8) * 4, "logits": 4 * 6 * 50 * 4,
                     "runtime": memory.RUNTIME_BYTES["cpu"]}
     fsdp = memory_terms(ARCH, Setting(batch_size=2, max_length=3, strategy="fsdp", processes=4))
     # A quarter of the weights, plus the root unit (300) and two layers (2·100) gathered.
@@ -79,8 +83,8 @@ def test_the_search_returns_the_first_setting_that_fits():
     # Every process holding everything does not fit even one sequence at a time: shard.
     one = dataclasses.replace(asked, batch_size=1, grad_accum=8)
     sharded = memory.fitting_setting(ARCH, asked, total(one) - 1, 4)
-    # ZeRO-2 saves 3/4 of gradients and moments (9000 bytes); each sequence more costs 5280
-    # (logits 4·3·50·4, activations 3·240·4): micro-batch b fits while 5280·(b − 1) < 9000.
+    # ZeRO-2 saves 3/4 of gradients and moments (9000 bytes); each sequence more costs 5184
+    # (logits 4·3·50·4, activations 3·232·4): micro-batch b fits while 5184·(b − 1) < 9000.
     assert (sharded.strategy, sharded.batch_size, sharded.grad_accum, sharded.processes) == ("zero2", 2, 4, 4)
     assert memory.fitting_setting(ARCH, asked, 1000, 4) is None
 

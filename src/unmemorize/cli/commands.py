@@ -18,10 +18,18 @@ from .render import (
 )
 
 
+def _main_process() -> bool:
+    from ..metrics.distributed import processes
+
+    return processes()[0] == 0
+
+
 def _evaluate(config: EvalConfig, json_path: Path | None) -> dict:
     from ..recipes.evaluate import run_eval
 
     report = run_eval(config, RichEvents())
+    if not _main_process():
+        return report  # the main process prints and writes the merged results
     out.print(evaluation_table(report))
     timings = ", ".join(f"{label} {suite} {secs:.0f} s" for label, t in report["timings_s"].items()
                         for suite, secs in t.items())
@@ -77,7 +85,7 @@ def evaluate(config: EvalConfig, outputs: EvalOutputs, explicit: set[str]) -> No
     if outputs.out is not None and json_path is None:
         json_path = Path(outputs.out) / "eval.json"
     _evaluate(config, json_path)
-    if json_path is not None:
+    if json_path is not None and _main_process():
         write_report(Path(outputs.out) if outputs.out else json_path.parent, outputs.show_text, eval_json=json_path)
 
 
@@ -85,6 +93,8 @@ def audit(config: AuditConfig, explicit: set[str]) -> None:
     from ..recipes.audit import run_audit
 
     payload = run_audit(config, RichEvents())
+    if not _main_process():
+        return
     out.print(audit_table(payload, f"Memorization of {Path(config.data).name} under {config.model}"))
     if config.json_path:
         out.print(f"written {config.json_path}", highlight=False)

@@ -25,6 +25,24 @@ def processes() -> tuple[int, int]:
     return 0, 1
 
 
+def join_launch():
+    """Accelerate's state of this launch (one process without one): it joins the process group
+    ``accelerate launch`` / ``torchrun`` set up (gloo on CPUs) and names this process's device."""
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def gather_objects(value) -> list:
+    """``value`` of every process, in rank order (every process must call it)."""
+    rank, count = processes()
+    if count == 1:
+        return [value]
+    gathered: list = [None] * count
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
 def dealt_batches(lengths: Sequence[int], batch_size: int, count: int) -> list[list[int]]:
     """The sample indices of each of ``count`` processes: one process's batches (samples sorted
     stably by length, ``batch_size`` at a time) dealt in turn, each in that sorted order."""
@@ -57,6 +75,4 @@ def sharded_memorization(model: torch.nn.Module, sequences: Sequence[Sequence[in
     mine = dealt_batches([len(s) for s in sequences], batch_size, count)[rank]
     part = memorization(model, [sequences[i] for i in mine], batch_size=batch_size, **options) if mine \
         else MemorizationResult(ma=[], el={n: [] for n in options.get("ns", (10,))} if options.get("compute_el", True) else {})
-    gathered: list = [None] * count
-    torch.distributed.all_gather_object(gathered, (mine, part))
-    return merge(gathered, len(sequences))
+    return merge(gather_objects((mine, part)), len(sequences))

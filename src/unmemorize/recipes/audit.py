@@ -11,7 +11,7 @@ from pathlib import Path
 from ..config import AuditConfig
 from ..data import read_examples, tokenize_examples
 from ..events import Events
-from ..metrics.distributed import sharded_memorization
+from ..metrics.distributed import join_launch, sharded_memorization
 from ..models import default_device, load_model
 from ..paths import write_atomic
 
@@ -21,7 +21,7 @@ def run_audit(config: AuditConfig, events: Events | None = None) -> dict:
     ``config.json_path`` when given. Returns the payload (with the sample ids and token counts)."""
     events = events or Events()
     examples = read_examples(config.data, config)
-    state = launched_processes()
+    state = join_launch()
     loaded = load_model(config.model, device=str(state.device) if state.num_processes > 1 else default_device(),
                         allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
                         progress=events.message)
@@ -39,10 +39,3 @@ def run_audit(config: AuditConfig, events: Events | None = None) -> dict:
         write_atomic(Path(config.json_path), json.dumps(payload, indent=2))
     return payload
 
-
-def launched_processes():
-    """Accelerate's view of this launch (one process without one); it joins the process group
-    ``accelerate launch`` / ``torchrun`` set up, gloo on CPUs."""
-    from accelerate import PartialState
-
-    return PartialState()

@@ -25,9 +25,9 @@ FLOAT32 = 4
 # The chunked loss holds [rows, V] float32 buffers of 2^26 elements each (training.loss).
 CHUNK_ELEMENTS = 2**26
 # The process before any model is loaded: the interpreter with torch, transformers, peft and the
-# tokenizer imported (CPU, measured: benchmarks/plan_memory.py records it per run), or the CUDA
+# tokenizer imported (CPU: 0.83 GiB measured by benchmarks/plan_memory.py on Linux), or the CUDA
 # context and kernels a GPU process keeps outside PyTorch's allocator (typical for CUDA 12).
-RUNTIME_BYTES = {"cpu": int(0.75 * GIB), "cuda": int(0.5 * GIB)}
+RUNTIME_BYTES = {"cpu": int(0.83 * GIB), "cuda": int(0.5 * GIB)}
 STRATEGIES = ("ddp", "zero2", "fsdp", "zero3")  # ddp: every process holds everything
 
 
@@ -77,6 +77,7 @@ class Architecture:
     vocab: int
     lora_per_rank: int  # LoRA parameters per unit of rank on the attention projections
     lora_inputs: int  # summed input widths of those projections in one layer (LoRA's dropout)
+    norm_inputs: int  # summed input widths of one layer's norms (2H for Llama; Gemma adds four)
 
 
 def _meta_model(config):
@@ -120,7 +121,20 @@ def architecture(config, name: str) -> Architecture:
         intermediate=intermediate, gated_mlp=any("gate" in n for n, _ in layers[0].named_modules()),
         heads=heads, vocab=head.weight.shape[0], lora_per_rank=len(layers) * sum(i + o for i, o in widths),
         lora_inputs=sum(i for i, _ in widths),
+        norm_inputs=sum(_norm_width(n, m, heads * head_dim, kv_heads * head_dim) for n, m in layers[0].named_modules()
+                        if "Norm" in type(m).__name__),
     )
+
+
+def _norm_width(name: str, module: torch.nn.Module, query_width: int, kv_width: int) -> int:
+    """Floats per token a norm saves: its input. Query and key norms (Gemma 3) normalize each
+    head's vector: their input is every head's."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "q_norm":
+        return query_width
+    if leaf == "k_norm":
+        return kv_width
+    return module.weight.shape[0]
 
 
 def _in_out(module: torch.nn.Module) -> tuple[int, int]:
@@ -171,15 +185,15 @@ def memory_terms(arch: Architecture, setting: Setting) -> dict[str, int]:
       sharded like the weights; with LoRA the teacher is the student with its adapters off (0).
     - **gradients**: one float per trainable parameter (ZeRO-2, FSDP and ZeRO-3 keep a shard).
     - **optimizer**: AdamW's two moments per trainable parameter (sharded likewise); plain SGD 0.
-    - **activations**: what backward needs of every layer, per token (Korthikanti et al. 2022,
-      *Reducing Activation Recomputation in Large Transformer Models*, §4.1, counted for
-      pre-norm layers): the layer input and its norm (2H), q, k, v and the rotated q, k
-      (2·Hq + 3·Hkv), the attention output (Hq), the second norm's input and output (2H), the
-      MLP's inner activations (gate, up, activation, product: 4I; 2I without a gate), and on a
-      CPU the attention probabilities, heads × L (a GPU's fused attention keeps only their
-      log-sum-exp); LoRA adds the
-      dropout's output and mask on each adapted projection's input; plus the final norm's input
-      and output (2H) once. In the compute precision, for every token of a micro-batch.
+    - **activations**: what backward needs of every layer, per token (the accounting of
+      Korthikanti et al. 2022, *Reducing Activation Recomputation in Large Transformer Models*,
+      §4.1, done for the model's own layer): each norm's input (`Architecture.norm_inputs`), the
+      inputs of the attention and MLP projections (2H), the attention's q, k, v and output
+      (2·Hq + 2·Hkv), the output projection's input (Hq), the MLP's inner activations (gate,
+      activation, up, product: 4I; 2I without a gate), and on a CPU the attention
+      probabilities, heads × L (a GPU's fused attention keeps only their log-sum-exp); LoRA adds
+      the dropout's output and mask on each adapted projection's input; plus the final norm's
+      input and output (2H) once. In the compute precision, for every token of a micro-batch.
     - **logits**: the chunked loss holds its [rows, V] float32 buffers (2^26 elements each:
       student, teacher and a scratch for the soft target; on a CPU only the rows written, one
       per token at most, take memory) and, when the head is trained, its
@@ -200,7 +214,7 @@ def memory_terms(arch: Architecture, setting: Setting) -> dict[str, int]:
         return (arch.parameters / n + arch.edges + 2 * arch.largest_layer) * FLOAT32
 
     probabilities = arch.heads * setting.max_length if setting.device == "cpu" else 0
-    per_token_layer = (4 * arch.hidden + 3 * arch.query_width + 3 * arch.kv_width
+    per_token_layer = (arch.norm_inputs + 2 * arch.hidden + 3 * arch.query_width + 2 * arch.kv_width
                        + (4 if arch.gated_mlp else 2) * arch.intermediate + probabilities
                        + (2 * arch.lora_inputs if setting.lora else 0))
     activations = tokens * (arch.layers * per_token_layer + 2 * arch.hidden) * setting.compute_bytes
