@@ -96,3 +96,14 @@ def test_the_plain_copy_holds_the_same_weights(tiny_models, arch):
     assert copy.get_output_embeddings().weight.data_ptr() == copy.get_input_embeddings().weight.data_ptr() \
         or not model.config.tie_word_embeddings
     assert sharding.plain_copy(model, lambda: None, main=False) is None
+
+
+def test_a_resume_may_split_the_steps_batch_over_another_number_of_processes(monkeypatch, tmp_path):
+    from unmemorize.training.resume import check_same_run
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    check_same_run({"batch_size": 1}, {"batch_size": 2}, tmp_path, saved_processes=2)  # 1 × 2 = 2 × 1
+    with pytest.raises(UserError, match=r"--batch-size × processes is 1 × 1 here but 1 × 2"):
+        check_same_run({"batch_size": 1}, {"batch_size": 1}, tmp_path, saved_processes=2)
+    with pytest.raises(UserError, match=r"--batch-size is 4 here but 2"):  # same processes: as before
+        check_same_run({"batch_size": 2}, {"batch_size": 4}, tmp_path, saved_processes=1)

@@ -29,7 +29,7 @@ def _evaluate(config: EvalConfig, json_path: Path | None) -> dict:
 
     report = run_eval(config, RichEvents())
     if not _main_process():
-        return report  # the main process prints and writes the merged results
+        return report
     out.print(evaluation_table(report))
     timings = ", ".join(f"{label} {suite} {secs:.0f} s" for label, t in report["timings_s"].items()
                         for suite, secs in t.items())
@@ -64,13 +64,16 @@ def unlearn(config: UnlearnConfig, follow: FollowUpEvaluation, explicit: set[str
     except Interrupted as error:  # Ctrl-C in training: say where the checkpoint is
         err.print(str(error), highlight=False, soft_wrap=True, markup=False)
         raise SystemExit(130) from None
-    unlearn_summary(metrics)
-    if config.out:
+    main_process = _main_process()  # under a launch, the main process prints and writes
+    if main_process:
+        unlearn_summary(metrics)
+    if config.out and main_process:
         out.print(f"unlearned model written to {config.out}", highlight=False)
         write_report(Path(config.out), config.show_text)
-    if evaluation is not None:
+    if evaluation is not None:  # every process: the evaluation's jobs are shared
         _evaluate(evaluation, Path(config.out) / "eval.json")
-        write_report(Path(config.out), config.show_text)  # again, now with the evaluation
+        if main_process:
+            write_report(Path(config.out), config.show_text)  # again, now with the evaluation
 
 
 def evaluate(config: EvalConfig, outputs: EvalOutputs, explicit: set[str]) -> None:

@@ -85,9 +85,13 @@ def check_same_run(saved: dict, requested: dict, path: Path, saved_processes: in
     known = as_json(UnlearnConfig())
     processes = launched_processes()
     for name, value in requested.items():
-        if name in RESUME_MAY_CHANGE or saved.get(name, known.get(name)) == value:
-            continue
         if name == "batch_size" and saved.get(name, known[name]) * saved_processes == value * processes:
+            continue
+        if name == "batch_size" and processes != saved_processes:
+            raise UserError(
+                f"--resume: --batch-size × processes is {value} × {processes} here but {saved.get(name)} × "
+                f"{saved_processes} in the checkpoint {path}; keep the product (each step's sequences)")
+        if name in RESUME_MAY_CHANGE or saved.get(name, known.get(name)) == value:
             continue
         raise UserError(
             f"--resume: {_option(name)} is {value!r} here but {saved.get(name)!r} in the checkpoint {path}; "

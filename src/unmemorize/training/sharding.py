@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,8 +97,7 @@ def launch_settings(path: Path) -> dict:
 
 def active(accelerator) -> bool:
     """Whether this run shards its model: an FSDP launch with a process group."""
-    return requested() == "fsdp" and torch.distributed.is_available() and torch.distributed.is_initialized() \
-        and accelerator.num_processes >= 1
+    return requested() == "fsdp" and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -108,6 +108,9 @@ def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
     from .memory import decoder_layers
 
+    # transformers' outputs are views; the trainer never changes them in place, which is what
+    # this warning of FSDP2 guards against, once per forward.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh)
