@@ -23,7 +23,7 @@ LAUNCH = {
 }
 
 
-def resolve_architecture(name: str) -> tuple[memory.Architecture, str]:
+def resolve_architecture(name: str, trust_remote_code: bool = False) -> tuple[memory.Architecture, str]:
     """The model's `Architecture` and where its config came from."""
     from transformers import AutoConfig
 
@@ -35,7 +35,7 @@ def resolve_architecture(name: str) -> tuple[memory.Architecture, str]:
         raise UserError(f"no config found for {name!r}: pass a local model directory, a model in the local "
                         f"Hugging Face cache, or one of {', '.join(memory.KNOWN)}")
     try:
-        config = AutoConfig.from_pretrained(directory)
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"cannot read the config of {name!r} in {directory}: {error}") from None
     return memory.architecture(config, name), str(directory / "config.json")
@@ -79,7 +79,7 @@ def run_plan(config: PlanConfig, events: Events | None = None) -> dict:
         budget = memory.parse_size(config.memory)
     if config.strategy != "ddp" and processes == 1:
         events.message(f"--strategy {config.strategy} with one process shards nothing")
-    arch, source = resolve_architecture(config.model)
+    arch, source = resolve_architecture(config.model, config.trust_remote_code)
     setting = setting_of(config, processes)
     plan = {
         "model": config.model, "config_source": source, "architecture": dataclasses.asdict(arch),
