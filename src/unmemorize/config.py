@@ -285,7 +285,12 @@ class RuntimeOptions(Checked):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReadOptions(Checked):
+class LengthOption(Checked):
+    max_length: int = option(200, "Truncate sequences to this many tokens.", ge=2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadOptions(LengthOption):
     """How a text file is read into examples and tokens."""
 
     split: str = option("lines", "Plain text: one example per 'lines' or 'paragraphs'.",
@@ -293,7 +298,6 @@ class ReadOptions(Checked):
     text_column: str = option("text", "Column holding the text (CSV, datasets).")
     npy_tokenizer: str | None = option(None, "Tokenizer that produced .npy token ids (default: GPT-2 under the data location).")
     limit: int | None = option(None, "Use only the first N examples.", ge=1)
-    max_length: int = option(200, "Truncate sequences to this many tokens.", ge=2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -318,13 +322,25 @@ RESUME_MAY_CHANGE = frozenset({
 
 
 @dataclass(frozen=True, kw_only=True)
-class UnlearnConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions):
+class TrainingShape(Checked):
+    """The options that decide what a training process holds in memory (unlearn, plan)."""
+
+    method: str = option("di", "Unlearning method: di, ga, gd, kl, npo, simnpo, task-vector, dpd, finetune (uniform imagination: di --focus all).")
+    lora: bool = option(True, "LoRA adapters (teacher = adapters off) or full fine-tuning (teacher = frozen copy).", negative="no-lora")
+    lora_r: int = option(8, "LoRA rank.", gt=0)
+    optimizer: str = option("adamw", "Optimizer.", choices=("adamw", "sgd"))
+    batch_size: int = option(8, "Sequences per micro-batch.", gt=0)
+    grad_accum: int = option(1, "Micro-batches per optimizer step.", gt=0)
+    precision: str | None = option(None, "Matrix products in fp32, or bf16 (autocast; the loss and the weights stay float32). Default: bf16 on a GPU, fp32 on a CPU (without AMX, bf16 is slower there).", choices=("fp32", "bf16"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnlearnConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions, TrainingShape):
     """Every knob of an unlearning run. Serialized as ``unlearn_config.json`` in the output."""
 
     forget: str | None = option(None, f"Texts to forget (.jsonl/.csv/.txt/.npy, datasets dir, hf:NAME). Default: {DEFAULT_FORGET} under the data location.")
     out: str | None = option(None, "Output directory for the unlearned model, config and metrics.")
     overwrite: bool = option(False, "Replace a non-empty --out directory.")
-    method: str = option("di", "Unlearning method: di, ga, gd, kl, npo, simnpo, task-vector, dpd, finetune (uniform imagination: di --focus all).")
     imagination_strength: float | None = option(None, "di: imagination strength γ, how far the memorized token's logit is lowered.", flag="strength")
     beta: float | None = option(None, "npo, simnpo: β.")
     margin: float | None = option(None, "simnpo: margin γ.")
@@ -338,19 +354,14 @@ class UnlearnConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions
     focus_mode: str = option("hard", "hard: train only on focus tokens; soft: weight them by --focus-weight.", choices=("hard", "soft"))
     focus_weight: float = option(10.0, "Weight of focus tokens in soft mode.", gt=0)
     softmax_vocabulary: int | None = option(None, "finetune: the softmax spans only the training texts' own tokens and the first N token ids: an approximation of the NLL that fine-tunes a large-vocabulary model about twice as fast (the demo's simulated leak uses 32768).", ge=1)
-    lora: bool = option(True, "LoRA adapters (teacher = adapters off) or full fine-tuning (teacher = frozen copy).", negative="no-lora")
-    lora_r: int = option(8, "LoRA rank.", gt=0)
     lora_alpha: float = option(16.0, "LoRA alpha.", gt=0)
     lora_dropout: float = option(0.05, "LoRA dropout.", ge=0, lt=1)
     lora_targets: tuple[str, ...] | None = option(None, "Module names for LoRA (repeatable; 'all-linear' for every linear layer). Default: the attention projections.")
     save_adapter: bool = option(False, "Also save the LoRA adapter alone (OUT/adapter).")
-    optimizer: str = option("adamw", "Optimizer.", choices=("adamw", "sgd"))
     lr: float | None = option(None, "Learning rate. Default: the method's measured one: 2e-3 with LoRA and 2e-5 for full fine-tuning (ga 2e-4, npo 5e-4 with LoRA).", gt=0)
     lr_schedule: str = option("constant", "After warm-up: 'constant', or 'linear' decay to a tenth of --lr at the last step.", choices=("constant", "linear"))
     epochs: int = option(1, "Passes over the forget set.", gt=0)
     max_steps: int | None = option(None, "Stop after this many optimizer steps.", ge=1)
-    batch_size: int = option(8, "Sequences per micro-batch.", gt=0)
-    grad_accum: int = option(1, "Micro-batches per optimizer step.", gt=0)
     warmup_steps: int = option(0, "Linear learning-rate warm-up steps.", ge=0)
     weight_decay: float = option(0.0, "Weight decay.", ge=0)
     max_grad_norm: float = option(1.0, "Gradient clipping norm (0 disables clipping).", ge=0)
@@ -370,7 +381,6 @@ class UnlearnConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions
     reference_limit: int = option(32, "Reference sequences used for 'auto' thresholds.", ge=1)
     unseen_every_epoch: bool = option(False, "Also measure MA on the unseen reference text after every epoch: how much of its general next-token accuracy the model keeps while it forgets (compare's trade-off curves).")
     cpu: bool = option(False, "Run on the CPU even when a GPU is present.")
-    precision: str | None = option(None, "Matrix products in fp32, or bf16 (autocast; the loss and the weights stay float32). Default: bf16 on a GPU, fp32 on a CPU (without AMX, bf16 is slower there).", choices=("fp32", "bf16"))
     max_examples: int | None = option(None, "Refuse a forget set of more than N examples (--limit truncates instead).", ge=1)
     checkpoint_every: int | None = option(None, "Write a checkpoint every N optimizer steps (to --checkpoint-dir).", ge=1)
     checkpoint_dir: str | None = option(None, "Where checkpoints go (default: OUT.checkpoint). Removed once OUT is written.")
@@ -514,6 +524,24 @@ class AuditConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions):
     el_stride: int = option(1, "Score EL on every k-th prefix (1 = exact).", ge=1)
     batch_size: int = option(8, "Sequences per teacher-forced pass.", ge=1)
     json_path: str | None = option(None, "Write per-sample and mean results here.", flag="json")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanConfig(ModelOptions, LengthOption, TrainingShape):
+    """`unmemorize plan`: the memory a training process needs, before launching it."""
+
+    strategy: str = option("ddp", "How processes share the work: ddp (each holds everything), zero2 (gradients and optimizer state sharded), fsdp or zero3 (weights too).", choices=("ddp", "zero2", "fsdp", "zero3"))
+    processes: int = option(1, "Processes (GPUs) the run is spread over; --gpus sets it.", ge=1)
+    device: str = option("cuda", "Where the run trains: cuda, or cpu (fp32, the process's own memory counted).", choices=("cuda", "cpu"))
+    full_logits: bool = option(False, "Plan the plain loss path (a [B, T, V] logits tensor) instead of the chunked one, to compare.")
+    memory: str | None = option(None, "A budget per process, e.g. 24GB: also print the smallest change to this setting that fits.")
+    gpus: str | None = option(None, "COUNTxSIZE, e.g. 8x80GB: the processes and the budget of each.")
+    json_path: str | None = option(None, "Write the plan here.", flag="json")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.memory is not None and self.gpus is not None:
+            raise UserError("pass --memory (one process) or --gpus (COUNTxSIZE), not both")
 
 
 @dataclass(frozen=True, kw_only=True)

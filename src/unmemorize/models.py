@@ -683,6 +683,20 @@ def _cached_hub_snapshot(repo_id: str, *, need_weights: bool = True) -> Path | N
     return snapshot if any(any(snapshot.glob(pattern)) for pattern in weights) else None
 
 
+def config_directory(name: str) -> Path | None:
+    """A directory holding ``name``'s config.json, without loading (or downloading) weights: a
+    local directory, a registry model's cache, or a hub id already in the local cache."""
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    entry = _registry_entry(name)
+    if entry is not None and entry.source != "hub":
+        cached = _registry_cache_path(entry.name)
+        return cached if (cached / "config.json").is_file() else None
+    snapshot = _cached_hub_snapshot(entry.hub_id if entry is not None else name, need_weights=False)
+    return snapshot if snapshot is not None and (snapshot / "config.json").is_file() else None
+
+
 def _unavailable(name: str, reason: str) -> UserError:
     names = ", ".join(REGISTRY)
     suggestion = difflib.get_close_matches(name.lower(), list(REGISTRY), n=1)

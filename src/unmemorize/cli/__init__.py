@@ -13,8 +13,8 @@ from typing import Callable
 import click
 
 from ..config import (
-    AuditConfig, CompareOptions, DemoConfig, EvalConfig, EvalOutputs, FollowUpEvaluation, ReportOptions,
-    RuntimeOptions, UnlearnConfig,
+    AuditConfig, CompareOptions, DemoConfig, EvalConfig, EvalOutputs, FollowUpEvaluation, PlanConfig,
+    ReportOptions, RuntimeOptions, UnlearnConfig,
 )
 from ..errors import UserError
 from . import commands
@@ -62,6 +62,11 @@ COMMANDS = (
             "the other customers' is not. Exit code 0 when the forgotten customers' PII is no longer "
             "extracted, 1 otherwise.",
             "Example: unmemorize demo --out unmemorize-demo"),
+    Command("plan", (PlanConfig,), commands.plan,
+            "Print the memory one training process needs (weights, teacher, gradients, optimizer state, "
+            "activations, logits) and, with a budget, the smallest setting that fits it.",
+            "Example: unmemorize plan --model llama-3-8b --method di --no-lora --batch-size 8 --max-length 512 "
+            "--gpus 8x80GB"),
     Command("models", (), commands.models, "List the registry of named models, what is installed and what is cached.",
             "Example: unmemorize models", yaml=False),
 )

@@ -7,18 +7,29 @@ from pathlib import Path
 
 from ..config import (
     DEFAULT_FORGET, AuditConfig, CompareOptions, DemoConfig, EvalConfig, EvalOutputs, FollowUpEvaluation,
-    ReportOptions, UnlearnConfig, evaluation_after, evaluation_setting, quick_evaluation,
+    PlanConfig, ReportOptions, UnlearnConfig, evaluation_after, evaluation_setting, quick_evaluation,
 )
 from ..errors import UserError
 from ..paths import data_path, write_json
 
-from .render import RichEvents, audit_table, comparison_table, demo_summary, err, evaluation_table, unlearn_summary, write_report, out
+from .render import (
+    RichEvents, audit_table, comparison_table, demo_summary, err, evaluation_table, out, plan_table, unlearn_summary,
+    write_report,
+)
+
+
+def _main_process() -> bool:
+    from ..metrics.distributed import processes
+
+    return processes()[0] == 0
 
 
 def _evaluate(config: EvalConfig, json_path: Path | None) -> dict:
     from ..recipes.evaluate import run_eval
 
     report = run_eval(config, RichEvents())
+    if not _main_process():
+        return report
     out.print(evaluation_table(report))
     timings = ", ".join(f"{label} {suite} {secs:.0f} s" for label, t in report["timings_s"].items()
                         for suite, secs in t.items())
@@ -53,13 +64,16 @@ def unlearn(config: UnlearnConfig, follow: FollowUpEvaluation, explicit: set[str
     except Interrupted as error:  # Ctrl-C in training: say where the checkpoint is
         err.print(str(error), highlight=False, soft_wrap=True, markup=False)
         raise SystemExit(130) from None
-    unlearn_summary(metrics)
-    if config.out:
+    main_process = _main_process()  # under a launch, the main process prints and writes
+    if main_process:
+        unlearn_summary(metrics)
+    if config.out and main_process:
         out.print(f"unlearned model written to {config.out}", highlight=False)
         write_report(Path(config.out), config.show_text)
-    if evaluation is not None:
+    if evaluation is not None:  # every process: the evaluation's jobs are shared
         _evaluate(evaluation, Path(config.out) / "eval.json")
-        write_report(Path(config.out), config.show_text)  # again, now with the evaluation
+        if main_process:
+            write_report(Path(config.out), config.show_text)  # again, now with the evaluation
 
 
 def evaluate(config: EvalConfig, outputs: EvalOutputs, explicit: set[str]) -> None:
@@ -74,7 +88,7 @@ def evaluate(config: EvalConfig, outputs: EvalOutputs, explicit: set[str]) -> No
     if outputs.out is not None and json_path is None:
         json_path = Path(outputs.out) / "eval.json"
     _evaluate(config, json_path)
-    if json_path is not None:
+    if json_path is not None and _main_process():
         write_report(Path(outputs.out) if outputs.out else json_path.parent, outputs.show_text, eval_json=json_path)
 
 
@@ -82,6 +96,8 @@ def audit(config: AuditConfig, explicit: set[str]) -> None:
     from ..recipes.audit import run_audit
 
     payload = run_audit(config, RichEvents())
+    if not _main_process():
+        return
     out.print(audit_table(payload, f"Memorization of {Path(config.data).name} under {config.model}"))
     if config.json_path:
         out.print(f"written {config.json_path}", highlight=False)
@@ -138,3 +154,25 @@ def models(explicit: set[str]) -> None:
         table.add_row(entry["name"], entry["description"], "yes" if entry["installed"] else "no",
                       "yes" if entry["cached"] else "no", entry.get("install_hint", ""))
     out.print(table)
+
+
+def plan(config: PlanConfig, explicit: set[str]) -> None:
+    from ..recipes.plan import run_plan
+
+    result = run_plan(config, RichEvents())
+    out.print(plan_table(result))
+    asked, budget = result["asked"], result.get("budget")
+    out.print(f"config: {result['config_source']}; trainable parameters {result['trainable_parameters']:,}",
+              highlight=False)
+    if budget is not None:
+        size = f"{budget['bytes_per_process'] / 2**30:.1f} GiB per process × {budget['processes']}"
+        if budget["fits"]:
+            out.print(f"fits {size}: {asked['command']}", highlight=False)
+        elif budget["fitting"] is None:
+            out.print(f"nothing tried fits {size} (every strategy, micro-batch 1, LoRA)", highlight=False)
+        else:
+            out.print(f"does not fit {size}; the smallest change that does: {budget['fitting']['command']}",
+                      highlight=False)
+    if config.json_path:
+        write_json(Path(config.json_path), result)
+        out.print(f"plan written to {config.json_path}", highlight=False)

@@ -207,3 +207,21 @@ def write_report(run_dir: Path, show_text: bool, eval_json: Path | None = None) 
                   highlight=False, markup=False, soft_wrap=True)
         return
     out.print(f"report written to {html_path}", highlight=False)
+
+
+def plan_table(plan: dict) -> Table:
+    """The memory terms of the asked setting, and of the first one that fits the budget."""
+    columns = [("asked", plan["asked"])]
+    budget = plan.get("budget")
+    if budget is not None and budget["fitting"] is not None and not budget["fits"]:
+        columns.append(("fits the budget", budget["fitting"]))
+    table = Table(title=f"Memory per process: {escape(plan['model'])} "
+                        f"({plan['architecture']['parameters'] / 1e9:.2f} B parameters)")
+    table.add_column("term")
+    for label, _ in columns:
+        table.add_column(label, justify="right")
+    for term in plan["asked"]["terms"]:
+        table.add_row(term, *(f"{column['terms'][term] / 2**30:.2f} GiB" for _, column in columns))
+    table.add_section()
+    table.add_row("total", *(f"{column['total'] / 2**30:.2f} GiB" for _, column in columns))
+    return table

@@ -3,7 +3,10 @@ attacks), and how much ability it kept (NLU, generation, dialogue).
 
 `run_eval` measures one model, or an unlearned model beside the original it came from, with the
 suites of `unmemorize.suites`, and returns nested results keyed by suite, task and metric
-(``memorization.forget.ma``, ``nlu.piqa.acc_norm``, ``nlg.mauve``...) with each suite's wall time."""
+(``memorization.forget.ma``, ``nlu.piqa.acc_norm``, ``nlg.mauve``...) with each suite's wall time.
+
+Under ``accelerate launch`` / ``torchrun`` its (model, suite) jobs are shared among the processes
+(`mine`) and the results merged in the single-process order: the same results as one process."""
 
 from __future__ import annotations
 
@@ -12,13 +15,26 @@ from typing import Any
 
 from ..config import EvalConfig, as_json
 from ..events import Events
+from ..metrics.distributed import gather_objects, join_launch
 from ..models import default_device, load_model
-from ..suites import Shared, check_inputs, get_suites
+from ..suites import Shared, Suite, check_inputs, get_suites
 
 
 def _load(name: str, config: EvalConfig, device: str, events: Events):
     return load_model(name, device=device, allow_pickle=config.allow_pickle,
                       trust_remote_code=config.trust_remote_code, progress=events.message)
+
+
+def mine(jobs: list[tuple[str, Suite]], rank: int, count: int) -> list[tuple[str, Suite]]:
+    """This process's (model, suite) jobs of a launch, in the single-process order. Every
+    memorization job goes to the first process: the first model's sets the "forgotten"
+    thresholds the next one is judged by (`Shared.thresholds`); the other jobs are dealt in
+    turn. Each suite seeds its own generators, so a job gives the same result on any process."""
+    if count == 1:
+        return jobs
+    others = [job for job in jobs if job[1].name != "memorization"]
+    return [job for job in jobs if (job[1].name == "memorization" and rank == 0)
+            or (job in others and others.index(job) % count == rank)]
 
 
 def run_eval(config: EvalConfig, events: Events | None = None, thresholds: dict | None = None) -> dict:
@@ -29,7 +45,8 @@ def run_eval(config: EvalConfig, events: Events | None = None, thresholds: dict 
     suites = get_suites(config.suites)
     check_inputs(config)
     started = time.time()
-    device = config.device or default_device()
+    launch = join_launch()
+    device = config.device or (str(launch.device) if launch.num_processes > 1 else default_device())
     labels = {"model": config.model}
     if config.original:
         labels = {"original": config.original, "unlearned": config.model}
@@ -46,12 +63,16 @@ def run_eval(config: EvalConfig, events: Events | None = None, thresholds: dict 
         shared.encoder = load_encoder()  # a missing package fails now, not after other suites
     results: dict[str, Any] = {label: {} for label in labels}
     timings: dict[str, dict[str, float]] = {label: {} for label in labels}
-    for label, lm in loaded.items():
-        for suite in suites:
-            events.message(f"{suite.name} suite on {labels[label]}")
-            suite_started = time.time()
-            results[label][suite.name] = suite.run(lm, config, events, shared)
-            timings[label][suite.name] = round(time.time() - suite_started, 1)
+    jobs = [(label, suite) for label in loaded for suite in suites]
+    done = []
+    for label, suite in mine(jobs, launch.process_index, launch.num_processes):
+        events.message(f"{suite.name} suite on {labels[label]}")
+        suite_started = time.time()
+        done.append((label, suite.name, suite.run(loaded[label], config, events, shared),
+                     round(time.time() - suite_started, 1)))
+    finished = {(label, name): (result, secs) for part in gather_objects(done) for label, name, result, secs in part}
+    for label, suite in jobs:  # in the single-process order
+        results[label][suite.name], timings[label][suite.name] = finished[(label, suite.name)]
     return {
         "config": as_json(config),
         "models": labels,

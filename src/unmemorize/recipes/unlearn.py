@@ -38,7 +38,7 @@ from ..methods import UnlearningMethod, get_method, method_parameters
 from ..metrics.memorization import MemorizationResult, memorization
 from ..models import LoadedModel, load_model, provenance
 from ..paths import data_path
-from ..training import checkpoint, forget_set, resume
+from ..training import checkpoint, forget_set, resume, sharding
 from ..training.components import (
     FinalWeights, RetainStream, Teacher, add_lora, attention_projections, forget_loader, frozen_copy,
     lr_factor, make_optimizer, needs_teacher,
@@ -97,13 +97,19 @@ class ForgetMemorization:
         self.sequences, self.pad_id, self.events = sequences, pad_id, events
 
     def __call__(self, label: str, with_el: bool = True, on: list[list[int]] | None = None) -> MemorizationResult:
+        network = self.network()
+        # A sharded network is whole on every process for the measurement; the main process runs it.
+        with sharding.gathered(network):
+            return self._measure(network, label, with_el, on)
+
+    def _measure(self, network, label: str, with_el: bool, on: list[list[int]] | None) -> MemorizationResult:
         from accelerate.utils import broadcast_object_list
 
         result = None
-        if self.accelerator.is_main_process:
+        if self.accelerator.is_main_process and network is not None:
             config = self.config
             result = memorization(
-                self.network(), on or self.sequences, ns=config.el_n, el_stride=config.el_stride,
+                network, on or self.sequences, ns=config.el_n, el_stride=config.el_stride,
                 batch_size=config.eval_batch_size, el_batch_size=config.el_batch_size,
                 pad_token_id=self.pad_id, compute_el=with_el and config.measure_el,
                 progress=self.events.progress(f"memorization ({label})"),
@@ -179,7 +185,12 @@ def _prepare(config: UnlearnConfig, events: Events) -> tuple[_Run, Path | None, 
     out_dir, checkpoint_dir = output_paths(config)
     requested = as_json(config)  # as given: before 'auto' thresholds and LoRA targets are resolved
     resume_from = resume.find_checkpoint(config, checkpoint_dir, requested)
+    engine = sharding.check_launch()
     accelerator = Accelerator(cpu=config.cpu)
+    if engine == "fsdp" and not method.trains:
+        raise UserError(f"--method {config.method} trains nothing: launch it without FSDP")
+    if engine == "fsdp" and method.keeps_initial_weights:
+        raise UserError(f"--method {config.method} edits whole weights after training: launch it with DDP, not FSDP")
     set_seed(config.seed)
     examples, retain_examples = forget_set.read_forget_examples(config)  # a bad file fails before the model loads
     loaded = load_model(config.model, device=str(accelerator.device), allow_pickle=config.allow_pickle,
@@ -243,9 +254,13 @@ def _loop(run: _Run, state: TrainState, saved: checkpoint.Checkpoint | None,
     if saved is not None:
         if set(saved.trainable) != set(named):
             raise UserError(f"--resume: the checkpoint {saved.path} holds other parameters than this model trains")
-        final.load(saved.trainable)
+        final.load(saved.trainable)  # whole tensors, loaded before any sharding
+    sharded = sharding.active(accelerator)
+    if sharded:
+        named, final = _shard(run, teacher)
     run.events.message(f"trainable parameters: {sum(p.numel() for p in named.values()):,} ("
-                       + (f"LoRA r={config.lora_r} on {', '.join(config.lora_targets)}" if config.lora else "full fine-tuning") + ")")
+                       + (f"LoRA r={config.lora_r} on {', '.join(config.lora_targets)}" if config.lora else "full fine-tuning")
+                       + (f"; FSDP over {accelerator.num_processes} processes" if sharded else "") + ")")
     pad_id = run.loaded.tokenizer.pad_token_id
     loader = forget_loader([data.tokenized[i] for i in data.trainable], [data.weights[i] for i in data.trainable],
                            config.batch_size, config.seed, pad_id)
@@ -253,34 +268,56 @@ def _loop(run: _Run, state: TrainState, saved: checkpoint.Checkpoint | None,
     total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
     optimizer = make_optimizer(list(named.values()), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, total_steps))
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if sharded:  # the model is sharded already: Accelerate only splits the batches
+        loader = accelerator.prepare(loader)
+    else:
+        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     run.loaded.model = model
     if saved is not None:
-        optimizer.load_state_dict(saved.trainer["optimizer"])
+        sharding.load_optimizer_state(model, optimizer, saved.trainer["optimizer"])
         scheduler.load_state_dict(saved.trainer["scheduler"])
     parts = StepParts(model, teacher, run.method, optimizer, scheduler, accelerator, list(named.values()),
                       config.retain_weight, config.max_grad_norm, _chunked_head(run, model),
-                      autocast_dtype(config.precision, accelerator.device))
+                      autocast_dtype(config.precision, accelerator.device), sharded)
     retain = RetainStream(data.retain, config.batch_size, config.seed, pad_id) if data.retain else None
 
-    def save(state: TrainState) -> Path:
+    def save(state: TrainState) -> Path | None:
+        # A sharded run gathers whole tensors on every process; the main process writes them.
+        trainable = sharding.full_state(named) if sharded else dict(named)
+        optimizer_state = sharding.full_optimizer_state(model, optimizer) if sharded else optimizer.state_dict()
+        if not accelerator.is_main_process:
+            return None
         return resume.save(run.checkpoint_dir, state, run.identity, state.earlier_wall_time_s + time.time() - run.started,
-                           dict(named), optimizer, scheduler)
+                           trainable, optimizer_state, scheduler)
 
     newest = (saved.path, saved.state["step"]) if saved is not None else None
-    checkpointer = Checkpointer(run.checkpoint_dir, config.checkpoint_every,
-                                save if run.checkpoint_dir is not None and accelerator.is_main_process else None, newest)
+    writes = run.checkpoint_dir is not None and (accelerator.is_main_process or sharded)
+    checkpointer = Checkpointer(run.checkpoint_dir, config.checkpoint_every, save if writes else None, newest)
+    agree = (lambda flag: sharding.any_process(flag, accelerator.device)) if sharded else None
     loop = Loop(parts, loader, retain, config.epochs, int(total_steps), config.max_steps, config.grad_accum,
-                _epoch_end(run, final, epoch_check), run.events, checkpointer, DivergenceGuard(named))
+                _epoch_end(run, final, epoch_check), run.events, checkpointer, DivergenceGuard(named, agree))
     return loop, final, teacher
+
+
+def _shard(run: _Run, teacher: Teacher | None) -> tuple[dict[str, torch.nn.Parameter], FinalWeights]:
+    """Shard the student (and a frozen teacher, the same way) over every process; the trainable
+    parameters are the shards from here on."""
+    device = run.accelerator.device
+    model = sharding.shard(run.loaded.model, device)
+    if teacher is not None and teacher.frozen is not None:
+        sharding.shard(teacher.frozen, device)
+    named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    return named, FinalWeights(run.method, named)
 
 
 def _chunked_head(run: _Run, model: torch.nn.Module) -> OutputHead | None:
     """The student's output layer for the chunked loss path, once checked on a few tokens to give
     the model's own logits; None (full logits) otherwise."""
-    head = output_head(model)
     sample = torch.tensor([run.data.sequences[run.data.trainable[0]][:16]], device=run.accelerator.device)
-    if head is None or not head_matches(model, head, sample):
+    with sharding.gathered(model):
+        head = output_head(model)
+        matches = head is not None and head_matches(model, head, sample)
+    if not matches:
         if run.config.softmax_vocabulary:
             raise UserError("--softmax-vocabulary needs a model whose output layer is a plain linear head")
         run.events.message("the model's output layer is not a plain linear head: the loss uses full logits")
@@ -345,7 +382,20 @@ def unlearn(config: UnlearnConfig, events: Events | None = None, epoch_check: Ep
     after = state.last_evaluation.to_json() if state.last_evaluation is not None and with_el \
         else run.measure("after").to_json()
     network = run.accelerator.unwrap_model(run.loaded.model)
-    return _finish(run, after, state, network, teacher.frozen if teacher is not None else None)
+    original = teacher.frozen if teacher is not None else None
+    if loop.parts.sharded:
+        # Whole weights for the output, on the main process (None elsewhere). The sharded teacher
+        # is not gathered: the report then shows continuations after unlearning only.
+        network, original = sharding.plain_copy(network, lambda: _rebuilt(run, network),
+                                                run.accelerator.is_main_process), None
+    return _finish(run, after, state, network, original)
+
+
+def _rebuilt(run: _Run, network: torch.nn.Module) -> torch.nn.Module:
+    """A fresh float32 model of ``network``'s architecture (with its LoRA adapters)."""
+    base = network.get_base_model() if hasattr(network, "get_base_model") else network
+    fresh = sharding.fresh_architecture(base.config)
+    return add_lora(fresh, run.config) if run.config.lora else fresh
 
 
 def _finish(run: _Run, after: dict, state: TrainState, network, original) -> dict:

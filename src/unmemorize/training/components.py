@@ -80,7 +80,8 @@ class Teacher:
         from .loss import final_hidden, output_head
 
         with torch.no_grad(), self.network() as net:
-            return output_head(net), final_hidden(net, batch)[0]
+            hidden = final_hidden(net, batch)[0]
+            return output_head(net), hidden  # read after the forward: a sharded head is gathered then
 
 
 def needs_teacher(method: UnlearningMethod, has_retain: bool) -> bool:

@@ -86,15 +86,21 @@ class Checkpointer:
 class DivergenceGuard:
     """Stops the run at the first non-finite loss or weight, before its checkpoint is written."""
 
-    def __init__(self, named_trainable: dict[str, torch.nn.Parameter]) -> None:
-        self.named = named_trainable
+    def __init__(self, named_trainable: dict[str, torch.nn.Parameter],
+                 agree: Callable[[bool], bool] | None = None) -> None:
+        # A sharded run checks each process's shards; ``agree`` tells every process whether any
+        # found a bad weight, so that all stop together.
+        self.named, self.agree = named_trainable, agree
 
     def check(self, state: TrainState, loss: float | None, checkpointer: Checkpointer | None) -> None:
         if loss is not None and not math.isfinite(loss):
             bad = f"the loss is {loss}"
         else:
-            bad = next((f"weight {name} is not finite" for name, p in self.named.items()
+            local = {name: p.to_local() if hasattr(p, "to_local") else p for name, p in self.named.items()}
+            bad = next((f"weight {name} is not finite" for name, p in local.items()
                         if not torch.isfinite(p).all()), None)
+            if self.agree is not None and self.agree(bad is not None) and bad is None:
+                bad = "a weight on another process is not finite"
         if bad is None:
             return
         kept = checkpointer.describe_newest() if checkpointer else "no checkpoint was written"

@@ -58,6 +58,12 @@ class OutputHead:
         bias = self.bias[self.rows] if self.bias is not None else None
         return OutputHead(self.weight[self.rows], bias, self.softcap), mapped
 
+    def current(self, model: torch.nn.Module) -> "OutputHead":
+        """This head with the model's output-layer tensors as they are now: a sharded model's
+        root unit swaps its gathered tensors in for each forward pass (training.sharding)."""
+        layer = _causal_lm(model).get_output_embeddings()
+        return OutputHead(layer.weight, layer.bias, self.softcap, self.rows)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         z = at_least_float32(torch.nn.functional.linear(hidden, self.weight, self.bias))
         return z if self.softcap is None else torch.tanh(z / self.softcap) * self.softcap

@@ -8,6 +8,7 @@ state; ``trainable.safetensors`` the weights being trained (see `checkpoint`).""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -33,8 +34,9 @@ class RunIdentity:
 
 
 def save(directory: Path, state: TrainState, identity: RunIdentity, wall_time_s: float,
-         trainable: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler) -> Path:
-    """A checkpoint of ``state`` (the last completed step) in ``directory``."""
+         trainable: dict[str, torch.Tensor], optimizer_state: dict, scheduler) -> Path:
+    """A checkpoint of ``state`` (the last completed step) in ``directory``. ``optimizer_state``
+    is ``optimizer.state_dict()``, or a sharded run's whole state keyed by parameter name."""
     data = {
         "step": state.step, "epoch": state.epoch, "batches_done": state.batches_done,
         # An epoch's evaluation is redone on resume when the checkpoint is inside that epoch.
@@ -42,9 +44,9 @@ def save(directory: Path, state: TrainState, identity: RunIdentity, wall_time_s:
         "steps": [asdict(s) for s in state.steps], "before": identity.before,
         "reference_levels": identity.reference_levels, "config": identity.requested,
         "resolved_config": as_json(identity.resolved), "data_fingerprint": identity.fingerprint,
-        "wall_time_s": wall_time_s,
+        "wall_time_s": wall_time_s, "processes": launched_processes(),
     }
-    trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": state.rng}
+    trainer = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": state.rng}
     return checkpoint.save(directory, state.step, trainable, trainer, data)
 
 
@@ -68,12 +70,27 @@ def _option(name: str) -> str:
     return flag_name(item) if item is not None else "--" + name.replace("_", "-")
 
 
-def check_same_run(saved: dict, requested: dict, path: Path) -> None:
-    """Every option that shapes training must be as it was; the first that is not is named."""
+def launched_processes() -> int:
+    """The processes of this launch (torchrun and accelerate launch set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_same_run(saved: dict, requested: dict, path: Path, saved_processes: int = 1) -> None:
+    """Every option that shapes training must be as it was; the first that is not is named.
+    The batch may be split over another number of processes: a step takes the same sequences
+    when --batch-size × processes is the same (each process's loader takes whole batches in
+    turn, and the retain stream is a function of the step alone)."""
     requested = json.loads(json.dumps(requested))  # the same types the checkpoint holds
     # An option newer than the checkpoint had its default there.
     known = as_json(UnlearnConfig())
+    processes = launched_processes()
     for name, value in requested.items():
+        if name == "batch_size" and saved.get(name, known[name]) * saved_processes == value * processes:
+            continue
+        if name == "batch_size" and processes != saved_processes:
+            raise UserError(
+                f"--resume: --batch-size × processes is {value} × {processes} here but {saved.get(name)} × "
+                f"{saved_processes} in the checkpoint {path}; keep the product (each step's sequences)")
         if name in RESUME_MAY_CHANGE or saved.get(name, known.get(name)) == value:
             continue
         raise UserError(
@@ -88,7 +105,8 @@ def find_checkpoint(config: UnlearnConfig, directory: Path | None, requested: di
     if config.resume:
         if found is None:
             raise UserError(f"--resume: no checkpoint in {directory}; run without --resume to start")
-        check_same_run(checkpoint.read_state(found).get("config", {}), requested, found)
+        state = checkpoint.read_state(found)
+        check_same_run(state.get("config", {}), requested, found, state.get("processes", 1))
         return found
     if found is not None and not config.overwrite:
         raise UserError(

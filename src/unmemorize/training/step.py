@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..methods import UnlearningMethod
+from . import sharding
 from .components import Teacher
 from .loss import OutputHead, chunked_loss, final_hidden, objective
 
@@ -36,6 +37,7 @@ class StepParts:
     head: OutputHead | None = None
     # bfloat16 autocast of the forward passes (None: float32); the loss is float32 either way.
     autocast: torch.dtype | None = None
+    sharded: bool = False  # FSDP2 (training.sharding): parameters and gradients are shards
 
 
 def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:
@@ -62,7 +64,8 @@ def _micro_batch_loss(parts: StepParts, batch: dict, retain: bool, scale: torch.
         with forward:
             teacher = parts.teacher.hidden(batch) if needs_teacher else None
             hidden, _ = final_hidden(parts.model, batch)
-        return chunked_loss(objective(method, retain), parts.head, hidden, batch, scale, teacher)
+        head = parts.head.current(parts.model)  # after the forward: a sharded head is gathered then
+        return chunked_loss(objective(method, retain), head, hidden, batch, scale, teacher)
     with forward:
         target = parts.teacher.logits(batch) if needs_teacher else None
         logits = parts.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -73,8 +76,8 @@ def _micro_batch_loss(parts: StepParts, batch: dict, retain: bool, scale: torch.
 def _backward_term(parts: StepParts, batch: dict, retain: bool, norm: torch.Tensor,
                    weight: float = 1.0) -> torch.Tensor:
     """Forward one micro-batch, backward its share of the step's loss; the share, detached."""
-    # DDP averages gradients over processes; multiplying by their number turns the average
-    # back into the sum that Σ w ℓ / Σ w over the whole step needs.
+    # DDP and FSDP average gradients over processes; multiplying by their number turns the
+    # average back into the sum that Σ w ℓ / Σ w over the whole step needs.
     processes = parts.accelerator.num_processes
     loss = _micro_batch_loss(parts, batch, retain, weight / norm * processes)
     parts.accelerator.backward(loss)
@@ -100,7 +103,9 @@ def optimizer_step(parts: StepParts, micro_batches: list[dict],
                 retain_loss += _backward_term(parts, retain_batches[index], True, retain_norm, parts.retain_weight)
         with contextlib.nullcontext() if last else accelerator.no_sync(parts.model):
             step_loss += _backward_term(parts, batch, False, total_norm)
-    if parts.max_grad_norm > 0:
+    if parts.max_grad_norm > 0 and parts.sharded:
+        sharding.clip_grad_norm_(parts.parameters, parts.max_grad_norm)
+    elif parts.max_grad_norm > 0:
         accelerator.clip_grad_norm_(parts.parameters, parts.max_grad_norm)
     parts.optimizer.step()
     parts.scheduler.step()
