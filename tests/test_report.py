@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import io
 import json
+import os
 import re
 import struct
 from pathlib import Path
@@ -165,7 +166,10 @@ def test_unlearn_writes_a_self_contained_report_and_a_model_card(redacted_run, f
     after = next(m for m in results if m["name"] == "forget-set MA after unlearning")
     assert after["value"] == round(metrics["after"]["mean"]["ma"], 4)
     title = card.split("---", 2)[2].strip().splitlines()[0]
-    assert title == f"# {metrics['model']}, unlearned with di"
+    # Paths relative to the output: the model it came from, never this machine's directories.
+    assert title == f"# {os.path.relpath(metrics['model'], run)}, unlearned with di"
+    for shown in (card, markdown, page):
+        assert str(run.parent.parent) not in shown
     # No unseen-text level in this run (no --stop-ma auto): the verdict says it was not assessed.
     assert "**Not assessed: no unseen-text level was measured" in card and "Utility cost: not measured" in card
     assert "**Not assessed: no unseen-text level was measured" in markdown.split("## Run")[0]

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import EvalConfig, as_json
 from ..events import Events
-from ..models import default_device, load_model
+from ..models import default_device, environment, load_model
 from ..suites import Shared, check_inputs, get_suites
 
 
@@ -57,6 +57,7 @@ def run_eval(config: EvalConfig, events: Events | None = None, thresholds: dict 
         "models": labels,
         "judge": config.judge or labels.get("original", config.model),
         "device": device,
+        "environment": environment(labels, device),
         "results": results,
         "timings_s": timings,
         "wall_time_s": round(time.time() - started, 1),
