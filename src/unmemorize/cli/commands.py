@@ -12,7 +12,10 @@ from ..config import (
 from ..errors import UserError
 from ..paths import data_path, write_json
 
-from .render import RichEvents, audit_table, comparison_table, demo_summary, err, evaluation_table, unlearn_summary, write_report, out
+from .render import (
+    RichEvents, audit_table, comparison_table, demo_summary, err, evaluation_table, out, print_verdict, unlearn_summary,
+    write_report,
+)
 
 
 def _evaluate(config: EvalConfig, json_path: Path | None) -> dict:
@@ -31,6 +34,7 @@ def _evaluate(config: EvalConfig, json_path: Path | None) -> dict:
 
 def unlearn(config: UnlearnConfig, follow: FollowUpEvaluation, explicit: set[str]) -> None:
     from ..recipes.unlearn import unlearn as run_unlearn
+    from ..reporting.verdict import unlearning_verdict
     from ..suites import check_inputs
     from ..training.loop import Interrupted
 
@@ -57,9 +61,11 @@ def unlearn(config: UnlearnConfig, follow: FollowUpEvaluation, explicit: set[str
     if config.out:
         out.print(f"unlearned model written to {config.out}", highlight=False)
         write_report(Path(config.out), config.show_text)
+    report = None
     if evaluation is not None:
-        _evaluate(evaluation, Path(config.out) / "eval.json")
+        report = _evaluate(evaluation, Path(config.out) / "eval.json")
         write_report(Path(config.out), config.show_text)  # again, now with the evaluation
+    print_verdict(unlearning_verdict(metrics, report))  # the report's first line, last here
 
 
 def evaluate(config: EvalConfig, outputs: EvalOutputs, explicit: set[str]) -> None:
@@ -73,9 +79,12 @@ def evaluate(config: EvalConfig, outputs: EvalOutputs, explicit: set[str]) -> No
     json_path = Path(outputs.json_path) if outputs.json_path else None
     if outputs.out is not None and json_path is None:
         json_path = Path(outputs.out) / "eval.json"
-    _evaluate(config, json_path)
+    from ..reporting.verdict import evaluation_verdict
+
+    report = _evaluate(config, json_path)
     if json_path is not None:
         write_report(Path(outputs.out) if outputs.out else json_path.parent, outputs.show_text, eval_json=json_path)
+    print_verdict(evaluation_verdict(report))
 
 
 def audit(config: AuditConfig, explicit: set[str]) -> None:
@@ -96,6 +105,7 @@ def report(options: ReportOptions, explicit: set[str]) -> None:
 
 def compare(options: CompareOptions, explicit: set[str]) -> None:
     from ..recipes.compare import load_config, run_compare
+    from ..reporting.verdict import comparison_verdict
 
     comparison = run_compare(load_config(Path(options.config)), Path(options.out),
                              Path(options.runs_dir) if options.runs_dir else None, RichEvents(),
@@ -107,6 +117,7 @@ def compare(options: CompareOptions, explicit: set[str]) -> None:
     if comparison["pending"]:
         out.print(f"pending (not yet run): {', '.join(comparison['pending'])}", highlight=False)
     write_report(Path(options.out), False)
+    print_verdict(comparison_verdict(comparison))
 
 
 def demo(config: DemoConfig, explicit: set[str]) -> None:
