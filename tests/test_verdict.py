@@ -10,7 +10,7 @@ import re
 
 from unmemorize.reporting.formatting import md_text
 from unmemorize.reporting.report import write_report
-from unmemorize.reporting.verdict import comparison_verdict, demo_verdict, evaluation_verdict
+from unmemorize.reporting.verdict import comparison_verdict, demo_verdict, evaluation_verdict, unlearning_verdict
 
 NOT_MEASURED = "not measured (run `unmemorize eval --model OUT --original BASE`, or `unlearn --eval`)"
 
@@ -55,6 +55,17 @@ def test_evaluation_verdict_judges_against_the_originals_level_with_intervals_an
     assert evaluation_verdict(report)["status"] == "forgotten"
     assert evaluation_verdict(report)["line"].startswith(
         "Forgotten: forget-set MA 0.200 [0.150, 0.250] ≤ 0.400 on unseen text, the original model's level")
+
+
+def test_a_run_without_a_recorded_level_is_judged_by_its_evaluation_beside_the_original():
+    metrics = {"after": {"mean": {"ma": 0.2}, "samples": [{"ma": 0.2}]}, "reference_levels": None}
+    report = evaluation()
+    report["results"]["unlearned"]["memorization"]["forgotten"]["checks"].pop("el_10")
+    assert unlearning_verdict(metrics, report)["line"] == (
+        "Forgotten: forget-set MA 0.200 [0.150, 0.250] ≤ 0.400 on unseen text, the original model's level "
+        "(Jang et al. 2022), measured by the evaluation. Utility cost: held-out perplexity 17.800 → 19.800 "
+        "(paired change +2.000 [+2.000, +2.000]), NLU average 0.500 → 0.500 (paired change 0.000 [0.000, 0.000] ≈).")
+    assert unlearning_verdict(metrics)["status"] == "not assessed"
 
 
 def test_evaluation_verdict_says_why_it_is_not_assessed():

@@ -38,8 +38,10 @@ def unlearning_verdict(metrics: dict, evaluation: dict | None = None) -> dict:
 
     Jang et al. (2022): forgotten when the forget set's mean MA (and EL, when both sides have
     it) is at or below the level on unseen text, the level measured on the ORIGINAL model when
-    the run started (``--stop-ma auto``/``--stop-el auto`` record it). ``resolved`` says whether
-    the 95 % bootstrap interval of the forget set's mean lies on one side of the level."""
+    the run started (``--stop-ma auto``/``--stop-el auto`` record it); when the run recorded no
+    level, the checks of its evaluation beside the original (``eval --original``, ``--eval``).
+    ``resolved`` says whether the 95 % bootstrap interval of the forget set's mean lies on one
+    side of the level."""
     after = metrics.get("after") or {}
     levels = {k: v for k, v in (metrics.get("reference_levels") or {}).items() if k in (after.get("mean") or {})
               and finite(v)}
@@ -50,15 +52,29 @@ def unlearning_verdict(metrics: dict, evaluation: dict | None = None) -> dict:
         resolved = interval is not None and (interval[1] <= level or interval[0] > level)
         checks.append({"metric": key, "value": value, "ci95": interval, "level": level,
                        "forgotten": value <= level, "resolved": resolved})
+    source = JANG
+    if not checks and evaluation and "original" in (evaluation.get("models") or {}):
+        # No level recorded by the run, but its evaluation beside the original judged it.
+        memorization = (evaluation["results"].get("unlearned") or {}).get("memorization") or {}
+        checks, source = _suite_checks(memorization), f"{JANG}, measured by the evaluation"
     if not checks:
         status = "not assessed"
         evidence = ("no unseen-text level was measured, so nothing says whether the forget set is "
                     "forgotten (train with --stop-ma auto, or run `unmemorize eval --original`)")
     else:
         status = _status(checks)
-        evidence = f"{_evidence(checks)}, {JANG}"
+        evidence = f"{_evidence(checks)}, {source}"
     return {"status": status, "checks": checks,
             "line": f"{status.capitalize()}: {evidence}. Utility cost: {utility_cost(evaluation)}."}
+
+
+def _suite_checks(memorization: dict) -> list[dict]:
+    """The memorization suite's ``forgotten`` checks (suites.memorization.forgotten_verdict) in
+    the form ``_evidence`` reads."""
+    found = (memorization.get("forgotten") or {}).get("checks") or {}
+    return [{"metric": key, "value": c["value"], "level": c["threshold"],
+             "ci95": c["ci95"] if all(finite(v) for v in c.get("ci95") or [None]) else None,
+             "forgotten": c["forgotten"], "resolved": c["resolved"]} for key, c in found.items()]
 
 
 def evaluation_verdict(report: dict) -> dict:
@@ -78,10 +94,7 @@ def evaluation_verdict(report: dict) -> dict:
         why = "the evaluation ran no memorization suite (add memorization to --suites)"
     parts, statuses = [], []
     for label in judged if why is None else []:
-        found = (memorization[label].get("forgotten") or {}).get("checks") or {}
-        checks = [{"metric": key, "value": c["value"], "level": c["threshold"],
-                   "ci95": c["ci95"] if all(finite(v) for v in c.get("ci95") or [None]) else None,
-                   "forgotten": c["forgotten"], "resolved": c["resolved"]} for key, c in found.items()]
+        checks = _suite_checks(memorization[label])
         if not checks:
             why = "no MA or EL was measured on both the forget set and unseen text"
             break
