@@ -129,3 +129,6 @@ def test_every_report_kind_opens_with_its_verdict(tmp_path):
         found = re.search(r"</h1>\n<p class=\"verdict ([\w-]+)\">(.*?)</p>", html_path.read_text())
         assert found and found.group(1) == status, name
         assert html.unescape(found.group(2)) == verdict["line"], name
+        # Files that recorded no environment say so, rather than show a date, device or digest.
+        assert md_path.read_text().endswith("## Provenance\n\nNot recorded: this directory's files predate the "
+                                            "record of date, device, library versions and weight hashes.\n\n"), name
