@@ -507,9 +507,8 @@ def _read_run(run_dir: Path, eval_path: Path | None, show_text: bool, figures: _
 def write_report(run_dir: Path, show_text: bool = False, *, eval_json: Path | None = None) -> tuple[Path, Path]:
     """Render ``report.md`` and ``report.html`` in ``run_dir`` (and the model card ``README.md``
     of an unlearned model directory) from the files the run left there; returns (md, html).
-    ``eval_json``: the evaluation results when they are not ``run_dir/eval.json``."""
-    from datetime import datetime, timezone
-
+    ``eval_json``: the evaluation results when they are not ``run_dir/eval.json``. The same
+    files render the same report: its dates are those the run recorded, not the rendering's."""
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a directory")
@@ -522,7 +521,7 @@ def write_report(run_dir: Path, show_text: bool = False, *, eval_json: Path | No
     context = {
         "title": _title(run["kind"], run["unlearn"]), "kind": run["kind"], "version": __version__,
         "directory": run_dir.name, "verdict": run["verdict"], "verdict_colors": VERDICT_COLORS,
-        "rendered": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "provenance": run["provenance"],
+        "provenance": run["provenance"],
         "unlearn": run["unlearn"], "eval": run["eval"], "compare": run["compare"], "demo": run["demo"],
         "match_symbol": MATCH, "miss_symbol": MISS,
     }
