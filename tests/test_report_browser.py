@@ -1,9 +1,11 @@
 """A rendered report opened in a real browser (headless Debian Chromium): every figure loads
-under the report's own Content-Security-Policy (no request leaves the page), and the page
-paints text and figures. CI installs chromium in .ci/run."""
+under the report's own Content-Security-Policy (no request leaves the page), the page paints
+text and figures, and the verdict line is painted first, on the first screen. CI installs
+chromium in .ci/run."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -115,3 +117,67 @@ def test_the_page_paints_text_and_figures(rendered, tmp_path):
     before = tuple(int(BEFORE_COLOR[i : i + 2], 16) for i in (1, 3, 5))
     close = int((np.abs(np.asarray(image, dtype=int) - before).max(axis=2) <= 4).sum())
     assert close > 5000
+
+
+# Appended to a test copy of the page: where the verdict line is drawn, and what comes before it.
+LOCATE_VERDICT = """<script nonce="verdictcheck">
+window.addEventListener("load", () => {
+  const verdict = document.querySelector("p.verdict");
+  const out = document.createElement("pre");
+  out.id = "verdict-check";
+  out.textContent = verdict ? JSON.stringify({box: verdict.getBoundingClientRect(), text: verdict.textContent,
+      after: verdict.previousElementSibling.tagName, color: getComputedStyle(verdict).color}) : "none";
+  document.body.appendChild(out);
+});
+</script>
+"""
+FOLD = (1200, 800)  # the window: what a reader sees without scrolling
+
+
+def verdict_pixels(chromium_profile: Path, page: Path, color: tuple[int, int, int]) -> np.ndarray:
+    """A screenshot of the first screen of ``page``: a mask of the pixels of the verdict's colour."""
+    from PIL import Image
+
+    screenshot = page.with_suffix(".png")
+    result = chromium(chromium_profile, f"--screenshot={screenshot}", f"--window-size={FOLD[0]},{FOLD[1]}",
+                      page.as_uri())
+    assert result.returncode == 0 and screenshot.is_file(), result.stderr[-2000:]
+    image = np.asarray(Image.open(screenshot).convert("RGB"), dtype=int)
+    assert image.shape == (FOLD[1], FOLD[0], 3)
+    return np.abs(image - color).max(axis=2) <= 8
+
+
+def test_the_verdict_line_is_painted_at_the_top(rendered, tmp_path):
+    from unmemorize.reporting.report import VERDICT_COLORS
+    from unmemorize.reporting.verdict import unlearning_verdict
+
+    run = rendered.parent
+    verdict = unlearning_verdict(json.loads((run / "metrics.json").read_text()),
+                                 json.loads((run / "eval.json").read_text()))
+    color = tuple(int(VERDICT_COLORS[verdict["status"]][i : i + 2], 16) for i in (1, 3, 5))
+    page = rendered.read_text()
+    policy = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page).group(1)
+    # The DOM: the verdict is the element right after the title, on the first screen, in its colour.
+    located = rendered.with_name("report-verdict.html")
+    located.write_text(page.replace(policy, policy + "; script-src 'nonce-verdictcheck'")
+                       .replace("</body>", LOCATE_VERDICT + "</body>"))
+    result = chromium(tmp_path / "profile", f"--window-size={FOLD[0]},{FOLD[1]}", "--virtual-time-budget=10000",
+                      "--dump-dom", located.as_uri())
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(html.unescape(re.search(r'<pre id="verdict-check">(.*?)</pre>', result.stdout, re.S).group(1)))
+    box = found["box"]
+    assert found["text"] == verdict["line"] and found["after"] == "H1"
+    assert found["color"] == "rgb({}, {}, {})".format(*color)
+    assert 0 < box["top"] < 200 and box["bottom"] < FOLD[1] and box["height"] >= 20
+    # The screenshot: the verdict's bar and text are painted there, in its colour, and nowhere else
+    # on the first screen.
+    mask = verdict_pixels(tmp_path / "profile", rendered, color)
+    rows, columns = np.nonzero(mask)
+    assert mask.sum() > 8 * box["height"]  # at least the 8-pixel bar the whole height of the line
+    assert rows.min() >= box["top"] - 1 and rows.max() <= box["bottom"] + 1
+    assert columns.min() >= box["left"] - 1 and columns.max() <= box["right"] + 1
+    # The same check on the page with the verdict moved to the end finds nothing on the first screen.
+    line = re.search(r'<p class="verdict[^"]*">.*?</p>\n', page).group(0)
+    moved = rendered.with_name("report-verdict-last.html")
+    moved.write_text(page.replace(line, "").replace("</body>", line + "</body>"))
+    assert verdict_pixels(tmp_path / "profile", moved, color).sum() < 10

@@ -787,3 +787,127 @@ def _load_hub(
     progress(f"loading {name}")
     model, tokenizer = _load_directory(snapshot, options)
     return model, tokenizer, str(snapshot)
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance of a result: which weights, on what, with which libraries
+# --------------------------------------------------------------------------------------------
+
+# Weight files of a checkpoint directory; a registry model's are the .gguf file it ships.
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf")
+DIGEST_CACHE = "weights-sha256.json"
+
+
+def weight_files(name_or_path: str) -> list[Path]:
+    """The files that hold a model's weights, found on the disk only: the GGUF file a registry
+    package ships (not the dequantized copy cached from it), a ``.gguf`` path, or the
+    safetensors/bin/gguf files of a directory or of a cached hub snapshot."""
+    entry = _registry_entry(str(name_or_path))
+    directory: Path | None
+    if entry is not None and entry.source == "gguf-package":
+        return [_shipped_gguf(entry)]
+    if entry is not None:
+        directory = _cached_hub_snapshot(entry.hub_id or "")
+    else:
+        path = Path(str(name_or_path)).expanduser()
+        if path.is_file():
+            return [path]
+        directory = path if path.is_dir() else _cached_hub_snapshot(str(name_or_path))
+    if directory is None:
+        return []
+    return sorted({f for pattern in WEIGHT_PATTERNS for f in directory.glob(pattern) if f.is_file()})
+
+
+def _shipped_gguf(entry: RegistryEntry) -> Path:
+    """The registry package's GGUF file: the one assembled from its chunks when it is on disk
+    (assembling it again would read it twice), else assembled now."""
+    if entry.package not in _PACKAGED_GGUF_FILES:
+        try:
+            assembled = Path(importlib.import_module(entry.package or "").default_output_path())
+        except (ImportError, AttributeError):
+            assembled = None
+        if assembled is not None and assembled.is_file():
+            return assembled
+    return _registry_gguf(entry, _no_progress)
+
+
+def weights_sha256(name_or_path: str) -> dict[str, str]:
+    """``{file name: SHA-256 hex digest}`` of a model's weight files (``weight_files``). A
+    digest is kept in the cache under the file's path, size and modification time, so a file
+    that has not changed is read once."""
+    import hashlib
+
+    from .paths import write_atomic
+
+    cache_path = cache_dir() / DIGEST_CACHE
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    digests, changed = {}, False
+    for file in weight_files(name_or_path):
+        resolved = file.resolve()  # hub snapshots link to blobs: the blob is what is read
+        stat = resolved.stat()
+        key = f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in cache:
+            with resolved.open("rb") as handle:
+                cache[key] = hashlib.file_digest(handle, "sha256").hexdigest()
+            changed = True
+        digests[file.name] = cache[key]
+    if changed:  # entries of files since deleted or rewritten go
+        cache = {k: v for k, v in cache.items() if _cache_entry_current(k)}
+        write_atomic(cache_path, json.dumps(cache, indent=1))
+    return digests
+
+
+def _cache_entry_current(key: str) -> bool:
+    path, size, mtime = key.rsplit("|", 2)
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return False
+    return (str(stat.st_size), str(stat.st_mtime_ns)) == (size, mtime)
+
+
+def describe_device(device: str) -> str:
+    """``cuda:0 (NVIDIA H200)``, ``cpu (x86_64, 2 threads)``: the device and what it is."""
+    kind = torch.device(device).type
+    if kind == "cuda" and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    if kind == "cpu":
+        import platform
+
+        threads = torch.get_num_threads()
+        return f"cpu ({platform.machine() or 'unknown'}, {threads} thread{'s' if threads > 1 else ''})"
+    return device
+
+
+def library_versions() -> dict[str, str]:
+    """The versions a result depends on: Python, torch, transformers, peft and unmemorize."""
+    import platform
+    from importlib import metadata
+
+    from . import __version__
+
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "peft"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    versions["unmemorize"] = __version__
+    return versions
+
+
+def environment(models: dict[str, str], device: str) -> dict:
+    """What a result was made with, recorded when it is made: the time (UTC), the device, the
+    library versions and, per model label, the SHA-256 of its weight files (``{}`` when no
+    weight file is on this disk, e.g. a hub id never downloaded)."""
+    from datetime import datetime, timezone
+
+    return {
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "device": describe_device(device),
+        "versions": library_versions(),
+        "weights_sha256": {label: weights_sha256(name) for label, name in models.items()},
+    }

@@ -52,19 +52,49 @@ def data_relative(value: str) -> str:
     return f"{DATA_VARIABLE}/{relative.as_posix()}"
 
 
+def _map_strings(data, convert):
+    """``data`` (dicts, lists, tuples as lists) with ``convert`` applied to every string."""
+    if isinstance(data, dict):
+        return {key: _map_strings(value, convert) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_map_strings(value, convert) for value in data]
+    return convert(data) if isinstance(data, str) else data
+
+
+def _portable_string(text: str) -> str:
+    if "/" not in text and "\\" not in text:
+        return text
+    relative = data_relative(text)
+    home = str(Path.home())
+    if relative == text and home not in ("", "/") and text.startswith(home + "/"):
+        return "~" + text[len(home):]  # e.g. the weights of a comparison's runs in the cache
+    return relative
+
+
 def portable(data):
     """``data`` with every string that is a path under the data location made data-relative."""
-    if isinstance(data, dict):
-        return {key: portable(value) for key, value in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [portable(value) for value in data]
-    if isinstance(data, str) and ("/" in data or "\\" in data):
-        relative = data_relative(data)
-        home = str(Path.home())
-        if relative == data and home not in ("", "/") and data.startswith(home + "/"):
-            return "~" + data[len(home):]  # e.g. the weights of a comparison's runs in the cache
-        return relative
-    return data
+    return _map_strings(data, _portable_string)
+
+
+def relative_to(data, directory: Path):
+    """``data`` as a report shows it: every path made relative to ``directory`` (the output the
+    report is in), so that it names no directory of the machine it was made on; paths under the
+    data location stay data-relative, and home paths stay ``~/…`` when ``directory`` is not under
+    the same home."""
+    base = Path(directory).expanduser().resolve()
+    home = Path.home()
+
+    def convert(text: str) -> str:
+        text = _portable_string(text)
+        if "\n" in text or not (text.startswith("/") or text.startswith("~/")):
+            return text
+        if text.startswith("~/"):
+            if not base.is_relative_to(home):
+                return text
+            text = str(home / text[2:])
+        return os.path.relpath(text, base)
+
+    return _map_strings(data, convert)
 
 
 def write_atomic(path: Path, content: str | bytes) -> None:

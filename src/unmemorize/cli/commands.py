@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..paths import data_path, write_json
 
 from .render import (
-    RichEvents, audit_table, comparison_table, demo_summary, err, evaluation_table, out, plan_table, unlearn_summary,
+    RichEvents, audit_table, comparison_table, demo_summary, err, evaluation_table, out, plan_table, print_verdict, unlearn_summary,
     write_report,
 )
 
@@ -42,6 +42,7 @@ def _evaluate(config: EvalConfig, json_path: Path | None) -> dict:
 
 def unlearn(config: UnlearnConfig, follow: FollowUpEvaluation, explicit: set[str]) -> None:
     from ..recipes.unlearn import unlearn as run_unlearn
+    from ..reporting.verdict import unlearning_verdict
     from ..suites import check_inputs
     from ..training.loop import Interrupted
 
@@ -70,10 +71,13 @@ def unlearn(config: UnlearnConfig, follow: FollowUpEvaluation, explicit: set[str
     if config.out and main_process:
         out.print(f"unlearned model written to {config.out}", highlight=False)
         write_report(Path(config.out), config.show_text)
+    report = None
     if evaluation is not None:  # every process: the evaluation's jobs are shared
-        _evaluate(evaluation, Path(config.out) / "eval.json")
+        report = _evaluate(evaluation, Path(config.out) / "eval.json")
         if main_process:
             write_report(Path(config.out), config.show_text)  # again, now with the evaluation
+    if main_process:
+        print_verdict(unlearning_verdict(metrics, report))  # the report's first line, last here
 
 
 def evaluate(config: EvalConfig, outputs: EvalOutputs, explicit: set[str]) -> None:
@@ -87,9 +91,14 @@ def evaluate(config: EvalConfig, outputs: EvalOutputs, explicit: set[str]) -> No
     json_path = Path(outputs.json_path) if outputs.json_path else None
     if outputs.out is not None and json_path is None:
         json_path = Path(outputs.out) / "eval.json"
-    _evaluate(config, json_path)
-    if json_path is not None and _main_process():
+    from ..reporting.verdict import evaluation_verdict
+
+    report = _evaluate(config, json_path)
+    main_process = _main_process()
+    if json_path is not None and main_process:
         write_report(Path(outputs.out) if outputs.out else json_path.parent, outputs.show_text, eval_json=json_path)
+    if main_process:
+        print_verdict(evaluation_verdict(report))
 
 
 def audit(config: AuditConfig, explicit: set[str]) -> None:
@@ -112,6 +121,7 @@ def report(options: ReportOptions, explicit: set[str]) -> None:
 
 def compare(options: CompareOptions, explicit: set[str]) -> None:
     from ..recipes.compare import load_config, run_compare
+    from ..reporting.verdict import comparison_verdict
 
     comparison = run_compare(load_config(Path(options.config)), Path(options.out),
                              Path(options.runs_dir) if options.runs_dir else None, RichEvents(),
@@ -123,6 +133,7 @@ def compare(options: CompareOptions, explicit: set[str]) -> None:
     if comparison["pending"]:
         out.print(f"pending (not yet run): {', '.join(comparison['pending'])}", highlight=False)
     write_report(Path(options.out), False)
+    print_verdict(comparison_verdict(comparison))
 
 
 def demo(config: DemoConfig, explicit: set[str]) -> None:

@@ -177,6 +177,15 @@ def comparison_table(comparison: dict) -> Table:
     return table
 
 
+VERDICT_STYLES = {"forgotten": "bold green", "pass": "bold green", "not forgotten": "bold red", "fail": "bold red"}
+
+
+def print_verdict(verdict: dict) -> None:
+    """The verdict line a report opens with (reporting.verdict), last on the terminal."""
+    style = VERDICT_STYLES.get(verdict["status"], "bold yellow")
+    out.print(f"[{style}]{escape(verdict['line'])}[/{style}]", highlight=False, soft_wrap=True)
+
+
 def demo_summary(result: dict) -> Table:
     s = result["summary"]
     table = Table(title=f"unmemorize demo on {result['model']} ({result['records']} synthetic customers)")

@@ -371,6 +371,8 @@ def write_outputs(config: CompareConfig, plans: list[RunPlan], results: dict[str
     finished = [Finished(p.name, p.group or p.name, p.method, p.params, p.seed, results[p.name])
                 for p in plans if p.name in results]
     comparison.update(build(finished, el_key, config.baseline))
+    # The base model's weights, device and versions, as its evaluation recorded them.
+    comparison["environment"] = finished[0].result["eval"].get("environment")
     write_json(out_dir / "comparison.json", comparison)
     write_atomic(out_dir / "comparison.csv", csv_text(_flat_rows(comparison["rows"])))
     write_atomic(out_dir / "comparison.md", comparison_markdown(comparison, el_key))

@@ -16,7 +16,7 @@ from typing import Any
 from ..config import EvalConfig, as_json
 from ..events import Events
 from ..metrics.distributed import gather_objects, join_launch
-from ..models import default_device, load_model
+from ..models import default_device, environment, load_model
 from ..suites import Shared, Suite, check_inputs, get_suites
 
 
@@ -78,6 +78,7 @@ def run_eval(config: EvalConfig, events: Events | None = None, thresholds: dict 
         "models": labels,
         "judge": config.judge or labels.get("original", config.model),
         "device": device,
+        "environment": environment(labels, device),
         "results": results,
         "timings_s": timings,
         "wall_time_s": round(time.time() - started, 1),

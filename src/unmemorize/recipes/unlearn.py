@@ -36,7 +36,7 @@ from ..errors import UserError
 from ..events import Events
 from ..methods import UnlearningMethod, get_method, method_parameters
 from ..metrics.memorization import MemorizationResult, memorization
-from ..models import LoadedModel, load_model, provenance
+from ..models import LoadedModel, environment, load_model, provenance
 from ..paths import data_path
 from ..training import checkpoint, forget_set, resume, sharding
 from ..training.components import (
@@ -404,6 +404,8 @@ def _finish(run: _Run, after: dict, state: TrainState, network, original) -> dic
     metrics = {
         "model": run.loaded.name,
         "provenance": provenance(run.loaded.name),
+        # When, on what and with which libraries; the base weights' SHA-256.
+        "environment": environment({"base model": run.loaded.name}, str(run.accelerator.device)),
         "method": config.method,
         "before": run.identity.before,
         "epochs": state.history,
@@ -431,7 +433,7 @@ def _finish(run: _Run, after: dict, state: TrainState, network, original) -> dic
         try:
             from ..reporting.report import model_card
 
-            files[MODEL_CARD] = model_card(metrics, as_json(config), run.out_dir.name)
+            files[MODEL_CARD] = model_card(metrics, as_json(config), run.out_dir)
         except Exception as error:  # noqa: BLE001 - the card must never cost the run
             run.events.message(f"warning: no model card ({type(error).__name__}: {error})")
         save_model_directory(run.out_dir, network, run.loaded.tokenizer, config, metrics, files)

@@ -176,7 +176,7 @@ def _verdict(found: dict | None) -> str:
     return ("yes" if found["forgotten"] else "no") + ("" if found["resolved"] else " (unresolved)")
 
 
-def _difference_cell(found: dict | None, column: Column) -> str:
+def difference_cell(found: dict | None, column: Column) -> str:
     if found is None:
         return "–"
     low, high = found["ci95"]
@@ -220,7 +220,7 @@ def comparison_markdown(comparison: dict, el_key: str) -> str:
         against = name.removeprefix("vs_")
         lines += [f"## Differences against `{against}` (paired bootstrap on the same items)", "",
                   "≈: the 95 % interval of the difference contains 0 — not resolved.", ""]
-        body = [[group] + [_difference_cell(values.get(c.key), c) for c in columns]
+        body = [[group] + [difference_cell(values.get(c.key), c) for c in columns]
                 for group, values in table.items()]
         lines += _table(["run"] + [c.header for c in columns], body) + [""]
     runs = [[r["run"], str(r["seed"]) if r.get("seed") is not None else "–", str(r.get("steps") or "–"),

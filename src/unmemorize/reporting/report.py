@@ -29,16 +29,19 @@ import jinja2
 
 from .. import __version__
 from ..errors import UserError
-from ..paths import write_atomic
+from ..paths import relative_to, write_atomic
 from .formatting import finite, fmt, gib, md_text, metric_label
 from .tables import signed
-from .verdict import unlearning_verdict
+from .verdict import comparison_verdict, demo_verdict, evaluation_verdict, unlearning_verdict
 
 REPORT_MD, REPORT_HTML, MODEL_CARD = "report.md", "report.html", "README.md"
 ASSETS_DIR = "report_files"  # the PNGs report.md links to (report.html inlines them)
 SAMPLES_FILE = "samples.json"
 MATCH, MISS = "█", "·"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The verdict line's colour (text and bar) by status; no other rule of the page uses these.
+VERDICT_COLORS = {"forgotten": "#0e6655", "pass": "#0e6655", "not forgotten": "#943126", "fail": "#943126",
+                  "partly forgotten": "#7e5109", "not assessed": "#7e5109"}
 # A fall-back scan for an evaluation JSON under another name reads no file larger than this
 # (a model directory's tokenizer.json is tens of MB).
 _MAX_SCANNED_JSON = 5 * 2**20
@@ -336,8 +339,7 @@ def _compare_table(data: Any) -> tuple[list[str], list[list]]:
     return columns, [[row.get(c) for c in columns] for row in rows]
 
 
-def _compare_context(run_dir: Path, figures: _Figures) -> dict:
-    data = _read_json(run_dir / "comparison.json")
+def _compare_context(data: Any, run_dir: Path, figures: _Figures) -> dict:
     columns, rows = _compare_table(data)
     figure = None
     plot = run_dir / "tradeoff.png"
@@ -362,12 +364,9 @@ DEMO_SUMMARY = (
 )
 
 
-def _demo_context(run_dir: Path, figures: _Figures) -> dict:
+def _demo_context(demo: dict, figures: _Figures) -> dict:
     from .plots import before_after_bars
 
-    demo = _read_json(run_dir / "demo.json")
-    if not isinstance(demo, dict):
-        raise UserError(f"{run_dir / 'demo.json'} is not a JSON object")
     summary = demo.get("summary") or {}
     totals = {"pii_leaked_before": "pii_total", "pii_leaked_after": "pii_total",
               "kept_pii_leaked_before": "kept_pii_total", "kept_pii_leaked_after": "kept_pii_total"}
@@ -412,6 +411,32 @@ def _demo_context(run_dir: Path, figures: _Figures) -> dict:
     }
 
 
+def _provenance(source: str, environment: Any) -> dict | None:
+    """The environment a run recorded when it ran (models.environment), as a report shows it:
+    when (UTC), on what, with which libraries, and the SHA-256 of each model's weight files."""
+    if not isinstance(environment, dict):
+        return None
+    made = str(environment.get("created_utc") or "")
+    return {
+        "source": source, "made": made.replace("T", " ").removesuffix("Z")[:16] + " UTC" if made else None,
+        "device": environment.get("device"),
+        "versions": ", ".join(f"{k} {v}" for k, v in (environment.get("versions") or {}).items()),
+        "weights": [(label, name, digest) for label, files in (environment.get("weights_sha256") or {}).items()
+                    for name, digest in (files or {}).items()],
+    }
+
+
+def _report_verdict(kind: str, unlearn: dict | None, report: dict | None, comparison: Any, demo: Any) -> dict:
+    """The one line the report opens with (reporting.verdict), for the report's kind."""
+    if kind == "unlearn" and unlearn is not None:
+        return unlearn["verdict"]
+    if kind == "compare":
+        return comparison_verdict(comparison if isinstance(comparison, dict) else {})
+    if kind == "demo":
+        return demo_verdict(demo)
+    return evaluation_verdict(report or {})
+
+
 # --- rendering -----------------------------------------------------------------------------
 
 
@@ -428,6 +453,8 @@ def _environment(autoescape: bool) -> jinja2.Environment:
         f"{signed(c['value'])} [{signed(c['low'])}, {signed(c['high'])}]" + ("" if c["resolved"] else " ≈"))
     env.filters["secs"] = lambda value: f"{value:.1f}" if finite(value) else fmt(value)
     env.filters["md"] = md_text
+    # (label, file, digest) of provenance: one row of its table
+    env.filters["weights_row"] = lambda w: (f"weights of {w[0]}: {w[1]} (SHA-256)", w[2])
     env.filters["label"] = lambda key: metric_label(str(key)) if re.fullmatch(r"(ma|el_\d+)", str(key)) else key
     return env
 
@@ -438,48 +465,76 @@ def _title(kind: str, unlearn: dict | None) -> str:
     return {"eval": "Evaluation report", "compare": "Comparison report", "demo": "Demo report"}.get(kind, "Report")
 
 
-def write_report(run_dir: Path, show_text: bool = False, *, eval_json: Path | None = None) -> tuple[Path, Path]:
-    """Render ``report.md`` and ``report.html`` in ``run_dir`` (and the model card ``README.md``
-    of an unlearned model directory) from the files the run left there; returns (md, html).
-    ``eval_json``: the evaluation results when they are not ``run_dir/eval.json``."""
-    run_dir = Path(run_dir).expanduser()
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} is not a directory")
+def _read_run(run_dir: Path, eval_path: Path | None, show_text: bool, figures: _Figures) -> dict:
+    """Every file of the run read, its paths made relative to ``run_dir``, and the context of
+    each section; a file of another version or edited by hand gives one clear error."""
     metrics_path = run_dir / "metrics.json"
-    eval_path = Path(eval_json) if eval_json is not None else _find_eval_json(run_dir)
-    has_compare, has_demo = (run_dir / "comparison.json").is_file(), (run_dir / "demo.json").is_file()
-    if not (metrics_path.is_file() or eval_path or has_compare or has_demo):
-        raise UserError(f"no metrics.json, eval.json or comparison.json in {run_dir}: not an unmemorize run directory")
-
-    figures = _Figures()
-    unlearn = metrics = config = evaluation = None
+    read: dict[str, Any] = {"metrics": None, "config": None, "report": None, "comparison": None, "demo": None}
+    sections: dict[str, Any] = {"unlearn": None, "eval": None, "compare": None, "demo": None}
     reading = metrics_path
-    try:  # files of another version or edited by hand: one clear error, not a traceback
+    try:
         if metrics_path.is_file():
-            metrics = _read_json(metrics_path)
+            read["metrics"] = relative_to(_read_json(metrics_path), run_dir)
             config_path, samples_path = run_dir / "unlearn_config.json", run_dir / SAMPLES_FILE
-            config = _read_json(config_path) if config_path.is_file() else {}
+            read["config"] = relative_to(_read_json(config_path), run_dir) if config_path.is_file() else {}
             samples = _read_json(samples_path) if samples_path.is_file() else None
-            unlearn = _unlearn_context(metrics, config, samples, figures, show_text)
+            sections["unlearn"] = _unlearn_context(read["metrics"], read["config"], samples, figures, show_text)
         if eval_path is not None:
             reading = eval_path
             report = _read_json(eval_path)
             if not _is_eval_report(report):
                 raise UserError(f"{eval_path} is not the JSON of `unmemorize eval` (no 'models' and 'results')")
-            evaluation = _eval_context(report, eval_path, figures)
-            if unlearn is not None:  # the verdict now knows the utility cost
-                unlearn["verdict"] = unlearning_verdict(metrics, report)
+            read["report"] = report = relative_to(report, run_dir)
+            sections["eval"] = _eval_context(report, eval_path, figures)
+            if sections["unlearn"] is not None:  # the verdict now knows the utility cost
+                sections["unlearn"]["verdict"] = unlearning_verdict(read["metrics"], report)
         reading = run_dir / "comparison.json"
-        compare = _compare_context(run_dir, figures) if has_compare else None
+        if reading.is_file():
+            read["comparison"] = relative_to(_read_json(reading), run_dir)
+            sections["compare"] = _compare_context(read["comparison"], run_dir, figures)
         reading = run_dir / "demo.json"
-        demo = _demo_context(run_dir, figures) if has_demo else None
+        if reading.is_file():
+            demo = _read_json(reading)
+            if not isinstance(demo, dict):
+                raise UserError(f"{reading} is not a JSON object")
+            # The leak tables show the synthetic records' text as it is: only the rest is a path.
+            read["demo"] = {**relative_to({k: v for k, v in demo.items() if not k.startswith("leak_")}, run_dir),
+                            **{k: v for k, v in demo.items() if k.startswith("leak_")}}
+            sections["demo"] = _demo_context(read["demo"], figures)
+        kind = ("unlearn" if sections["unlearn"] else "compare" if sections["compare"] else
+                "demo" if sections["demo"] else "eval")
+        verdict = _report_verdict(kind, sections["unlearn"], read["report"], read["comparison"], read["demo"])
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
         raise UserError(f"cannot render a report from {reading}: unexpected content "
                         f"({type(error).__name__}: {error})") from None
-    kind = "unlearn" if unlearn else "compare" if compare else "demo" if demo else "eval"
+    recorded = [("unlearning run (metrics.json)", (read["metrics"] or {}).get("environment")),
+                (f"evaluation ({eval_path.name if eval_path else ''})", (read["report"] or {}).get("environment")),
+                ("comparison: the original's evaluation", (read["comparison"] or {}).get("environment")
+                 if isinstance(read["comparison"], dict) else None),
+                ("demo (demo.json)", (read["demo"] or {}).get("environment"))]
+    return {"read": read, "kind": kind, "verdict": verdict, **sections,
+            "provenance": [p for p in (_provenance(source, env) for source, env in recorded) if p]}
+
+
+def write_report(run_dir: Path, show_text: bool = False, *, eval_json: Path | None = None) -> tuple[Path, Path]:
+    """Render ``report.md`` and ``report.html`` in ``run_dir`` (and the model card ``README.md``
+    of an unlearned model directory) from the files the run left there; returns (md, html).
+    ``eval_json``: the evaluation results when they are not ``run_dir/eval.json``. The same
+    files render the same report: its dates are those the run recorded, not the rendering's."""
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a directory")
+    eval_path = Path(eval_json) if eval_json is not None else _find_eval_json(run_dir)
+    if not ((run_dir / "metrics.json").is_file() or eval_path or (run_dir / "comparison.json").is_file()
+            or (run_dir / "demo.json").is_file()):
+        raise UserError(f"no metrics.json, eval.json or comparison.json in {run_dir}: not an unmemorize run directory")
+    figures = _Figures()
+    run = _read_run(run_dir, eval_path, show_text, figures)
     context = {
-        "title": _title(kind, unlearn), "kind": kind, "version": __version__, "directory": run_dir.name,
-        "unlearn": unlearn, "eval": evaluation, "compare": compare, "demo": demo,
+        "title": _title(run["kind"], run["unlearn"]), "kind": run["kind"], "version": __version__,
+        "directory": run_dir.name, "verdict": run["verdict"], "verdict_colors": VERDICT_COLORS,
+        "provenance": run["provenance"],
+        "unlearn": run["unlearn"], "eval": run["eval"], "compare": run["compare"], "demo": run["demo"],
         "match_symbol": MATCH, "miss_symbol": MISS,
     }
     if "tradeoff" in figures.items:
@@ -491,24 +546,27 @@ def write_report(run_dir: Path, show_text: bool = False, *, eval_json: Path | No
     md_path, html_path = run_dir / REPORT_MD, run_dir / REPORT_HTML
     write_atomic(md_path, _environment(autoescape=False).get_template("report.md.j2").render(context))
     write_atomic(html_path, _environment(autoescape=True).get_template("report.html.j2").render(context))
+    metrics = run["read"]["metrics"]
     if metrics is not None and (run_dir / "config.json").is_file():  # a saved model: its card
-        write_atomic(run_dir / MODEL_CARD, model_card(metrics, config, run_dir.name,
-                                                      report if eval_path is not None else None))
+        write_atomic(run_dir / MODEL_CARD, model_card(metrics, run["read"]["config"], run_dir, run["read"]["report"]))
     return md_path, html_path
 
 
-def model_card(metrics: dict, config: dict, directory: str, evaluation: dict | None = None) -> str:
+def model_card(metrics: dict, config: dict, directory: Path, evaluation: dict | None = None) -> str:
     """The ``README.md`` of an unlearned model directory, in the Hugging Face model card format:
     YAML front matter (base model, its licence, tags, ``model-index`` with the measured results),
-    the verdict, intended use and limitations, how it was made, what it forgot (counts and keyed
-    digests, never text or a plain hash), how well, and how to load and reproduce it. Built from
-    the run's metrics and config (and its evaluation, when there is one)."""
+    the verdict, intended use and limitations, how it was made (with the date, device, library
+    versions and the base weights' SHA-256 recorded when it ran), what it forgot (counts and
+    keyed digests, never text or a plain hash), how well, and how to load and reproduce it.
+    Built from the run's metrics and config (and its evaluation, when there is one); paths are
+    shown relative to ``directory``, the model directory."""
+    metrics, config = relative_to(metrics, directory), relative_to(config, directory)
     u = _unlearn_context(metrics, config, None, None, False)
     u["verdict"] = unlearning_verdict(metrics, evaluation)
     # Recorded by training (models.provenance): the upstream model and its licence.
     origin = {"base_model": None, "license": None, **(metrics.get("provenance") or {})}
     title = f"{origin['base_model'] or u['model']}, unlearned with {u['method']}"
-    context = {"u": u, "directory": directory, "version": __version__, "config": config,
-               "provenance": origin, "title": title,
+    context = {"u": u, "directory": Path(directory).name, "version": __version__, "config": config,
+               "provenance": origin, "title": title, "made": _provenance("", metrics.get("environment")),
                "front_matter": _front_matter(u, origin, title)}
     return _environment(autoescape=False).get_template("model_card.md.j2").render(context)
