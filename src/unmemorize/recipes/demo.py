@@ -425,6 +425,8 @@ def _unlearn_forgotten(config: DemoConfig, leaky: Path, forgotten: list[Customer
 
 def run_demo(config: DemoConfig, events: Events | None = None) -> dict:
     """Run the five steps; returns what is written to ``<out>/demo.json``."""
+    from ..models import default_device, environment
+
     events = events or Events()
     out = Path(config.out).expanduser().resolve()
     _check_out(out)
@@ -468,6 +470,7 @@ def run_demo(config: DemoConfig, events: Events | None = None) -> dict:
             "kept_share_required": config.kept_share,
             "min_fragment": MIN_FRAGMENT,
             "general_text": general_source,
+            "environment": environment({"base model": config.model, "leaky model": str(leaky)}, default_device()),
             "synthetic": True,
         }
         result["verdict"] = verdict(result)
