@@ -6,20 +6,20 @@ import dataclasses
 from pathlib import Path
 
 from ..config import (
-    DEFAULT_FORGET, AuditConfig, CompareOptions, DemoConfig, EvalConfig, EvalOutputs, FollowUpEvaluation,
+    DEFAULT_FORGET, AttackConfig, AuditConfig, CompareOptions, DemoConfig, EvalConfig, EvalOutputs, FollowUpEvaluation,
     ReportOptions, UnlearnConfig, evaluation_after, evaluation_setting, quick_evaluation,
 )
 from ..errors import UserError
 from ..paths import data_path, write_json
 
-from .render import RichEvents, audit_table, comparison_table, demo_summary, err, evaluation_table, unlearn_summary, write_report, out
+from .render import RichEvents, attack_table, audit_table, comparison_table, demo_summary, err, evaluation_table, unlearn_summary, write_report, out
 
 
-def _evaluate(config: EvalConfig, json_path: Path | None) -> dict:
+def _evaluate(config: EvalConfig, json_path: Path | None, table=evaluation_table) -> dict:
     from ..recipes.evaluate import run_eval
 
     report = run_eval(config, RichEvents())
-    out.print(evaluation_table(report))
+    out.print(table(report))
     timings = ", ".join(f"{label} {suite} {secs:.0f} s" for label, t in report["timings_s"].items()
                         for suite, secs in t.items())
     out.print(f"suite times: {timings}; total {report['wall_time_s']:.0f} s", highlight=False)
@@ -76,6 +76,15 @@ def evaluate(config: EvalConfig, outputs: EvalOutputs, explicit: set[str]) -> No
     _evaluate(config, json_path)
     if json_path is not None:
         write_report(Path(outputs.out) if outputs.out else json_path.parent, outputs.show_text, eval_json=json_path)
+
+
+def attack(config: AttackConfig, explicit: set[str]) -> None:
+    from ..recipes.attack import attack_evaluation
+
+    json_path = Path(config.out) / "eval.json"
+    report = _evaluate(attack_evaluation(config), json_path, table=attack_table)
+    write_report(Path(config.out), False, eval_json=json_path)
+    return report
 
 
 def audit(config: AuditConfig, explicit: set[str]) -> None:

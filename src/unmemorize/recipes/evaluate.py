@@ -21,10 +21,12 @@ def _load(name: str, config: EvalConfig, device: str, events: Events):
                       trust_remote_code=config.trust_remote_code, progress=events.message)
 
 
-def run_eval(config: EvalConfig, events: Events | None = None, thresholds: dict | None = None) -> dict:
+def run_eval(config: EvalConfig, events: Events | None = None, thresholds: dict | None = None,
+             robustness: dict | None = None) -> dict:
     """Evaluate ``config.model`` (and ``config.original`` beside it) on the chosen suites.
     ``thresholds`` (MA/EL on unseen text, e.g. the original's from an earlier evaluation) is
-    the "forgotten" level; without it the first model evaluated here sets it."""
+    the "forgotten" level, and ``robustness`` (the original's robustness results) the before of
+    every recovery; without them the first model evaluated here sets them."""
     events = events or Events()
     suites = get_suites(config.suites)
     check_inputs(config)
@@ -39,7 +41,7 @@ def run_eval(config: EvalConfig, events: Events | None = None, thresholds: dict 
     if config.judge and any(s.needs_encoder for s in suites):
         same = [label for label, name in labels.items() if name == config.judge]
         judge = loaded[same[0]] if same else _load(config.judge, config, device, events)
-    shared = Shared(judge=judge, thresholds=dict(thresholds) if thresholds else None)
+    shared = Shared(judge=judge, thresholds=dict(thresholds) if thresholds else None, robustness=robustness)
     if any(s.needs_encoder for s in suites):
         from ..metrics.nlg import load_encoder
 
