@@ -261,3 +261,33 @@ def test_attack_bad_input_exits_2_and_writes_nothing(tiny_models, tmp_path, caps
     assert exit_code(["attack", "--model", str(tiny_models["llama"]), *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "O").exists()
+
+
+# --- the embedded model -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gemma_logit_lens_and_gguf_quantization(shared_data):
+    """Gemma-3 270M: the lens's last layer is the model's MA on a forget sample; a Q8_0 round trip
+    of a real projection stays within its per-block bound; the quantized copy leaves the model
+    as it was."""
+    from unmemorize.attacks.scoring import ScoreOptions, score
+    from unmemorize.models import load_model
+
+    lm = load_model("gemma-3-270m")
+    forget = shared_data / "extraction/forget_sets/lm_extraction_8_0.csv"
+    from unmemorize.data import load_examples
+
+    items = tokenize_examples(load_examples(forget, limit=1), lm.tokenizer, 40)
+    sequences = [t.input_ids for t in items]
+    layers = logit_lens_ma(lm.model, sequences, pad_token_id=lm.tokenizer.pad_token_id)
+    own = score(lm.model, sequences, ScoreOptions(pad_token_id=lm.tokenizer.pad_token_id, prefix=8, suffix=8),
+                text_start=1)
+    assert len(layers) == lm.model.config.num_hidden_layers
+    assert layers[-1] == own["ma"]
+    projection = lm.model.model.layers[0].self_attn.q_proj.weight
+    restored = gguf_round_trip(projection, "gguf-q8_0").double()
+    blocks = projection.detach().double().reshape(-1, 32)
+    d = blocks.abs().amax(dim=1) / 127
+    bound = d / 2 + 127 * (d - d.to(torch.float16).double()).abs() + 1e-12
+    assert bool(((restored.reshape(-1, 32) - blocks).abs() <= bound[:, None]).all())
