@@ -60,20 +60,29 @@ def _gguf_model(model: torch.nn.Module, scheme: str) -> tuple[torch.nn.Module, d
 
 
 def _quanto_model(model: torch.nn.Module, scheme: str) -> tuple[torch.nn.Module, dict]:
-    """optimum-quanto's weight-only int8 / int4 (groups of 128) on the decoder's linear layers,
-    frozen to integer weights. The output layer is left in float: quanto leaves embeddings so,
-    and on a tied model it is the embedding."""
+    """optimum-quanto's weight-only int8 / int4 (groups of 128) of the decoder's linear layers,
+    frozen to integer weights and read back (dequantized) into float layers: the values quanto's
+    kernels compute with, run by the same decoding as every other model (quanto's own int4
+    modules refuse PyTorch's inference mode). The output layer is left in float: quanto leaves
+    embeddings so, and on a tied model it is the embedding."""
     try:
         from optimum.quanto import freeze, qint4, qint8, quantize
     except ImportError:
         raise UserError(f"--quantizations {scheme} needs optimum-quanto: pip install 'unmemorize[attack]'") from None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = [name for name, module in model.named_modules() if module is head]
+    work = copy.deepcopy(model)
+    quantize(work, weights=qint8 if scheme == "int8" else qint4, exclude=names or None)
+    freeze(work)
+    restored = {name: module.weight.dequantize().detach() for name, module in work.named_modules()
+                if type(module).__name__ == "QLinear"}
+    del work
     quantized = copy.deepcopy(model)
-    head = quantized.get_output_embeddings() if hasattr(quantized, "get_output_embeddings") else None
-    names = [name for name, module in quantized.named_modules() if module is head]
-    quantize(quantized, weights=qint8 if scheme == "int8" else qint4, exclude=names or None)
-    freeze(quantized)
-    count = sum(1 for module in quantized.modules() if type(module).__name__ == "QLinear")
-    return quantized, {"quantized": count, "kept_float": len(names)}
+    with torch.no_grad():
+        for name, module in quantized.named_modules():
+            if name in restored:
+                module.weight.copy_(restored[name].to(module.weight.dtype))
+    return quantized, {"quantized": len(restored), "kept_float": len(names)}
 
 
 def quantized_copy(model: torch.nn.Module, scheme: str) -> tuple[torch.nn.Module, dict]:
