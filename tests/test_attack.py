@@ -6,7 +6,6 @@ input."""
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -278,7 +277,7 @@ def test_gemma_logit_lens_and_gguf_quantization(shared_data):
     forget = shared_data / "extraction/forget_sets/lm_extraction_8_0.csv"
     from unmemorize.data import load_examples
 
-    items = tokenize_examples(load_examples(forget, limit=1), lm.tokenizer, 40)
+    items = tokenize_examples(load_examples(forget, limit=1), lm.tokenizer, 24)
     sequences = [t.input_ids for t in items]
     layers = logit_lens_ma(lm.model, sequences, pad_token_id=lm.tokenizer.pad_token_id)
     own = score(lm.model, sequences, ScoreOptions(pad_token_id=lm.tokenizer.pad_token_id, prefix=8, suffix=8),
@@ -291,3 +290,12 @@ def test_gemma_logit_lens_and_gguf_quantization(shared_data):
     d = blocks.abs().amax(dim=1) / 127
     bound = d / 2 + 127 * (d - d.to(torch.float16).double()).abs() + 1e-12
     assert bool(((restored.reshape(-1, 32) - blocks).abs() <= bound[:, None]).all())
+
+
+def test_attack_model_directory_is_the_robustness_of_the_unlearned_model(tiny_models, forget_file):
+    from unmemorize.recipes.attack import attack_model_directory
+
+    found = attack_model_directory(tiny_models["gemma3"], tiny_models["llama"], forget_file, attacks=("quantize",),
+                                   quantizations=("gguf-q4_0",), extraction_prefix=6, extraction_suffix=6)
+    assert set(found["attacks"]) == {"quantize"} and [r["variant"] for r in found["recovery"]] == ["gguf-q4_0"]
+    assert found["recovery_max"]["ma"].keys() <= {"quantize", "all"}
