@@ -3,6 +3,7 @@ unlearned models: the original is attacked once and every run is scored against 
 `compare` does with a robustness column.
 
     python benchmarks/attack_paired.py [benchmarks/attack_paired.yaml]
+    python benchmarks/attack_paired.py --resummarize   # recovery.md from the stored scores
 
 Writes benchmarks/results/attack/: original.json and RUN.json (each `unmemorize eval`'s JSON),
 recovery.md (each method's recovery under each attack, with the time each attack took),
@@ -72,10 +73,36 @@ def summary(results: dict[str, dict], seconds: dict[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def resummarize(spec: dict, out: Path) -> None:
+    """recovery.md again from the stored scores (no model is run): each run's recovery rows
+    recomputed by the suite's `recovery_rows` from original.json and RUN.json."""
+    import json
+
+    from unmemorize.suites.robustness import recovery_rows, strongest
+
+    baseline = json.loads((out / "original.json").read_text())["results"]["model"]["robustness"]
+    results, seconds = {}, {}
+    for name in spec["runs"]:
+        path = out / f"{name}.json"
+        if not path.is_file():
+            continue
+        results[name] = json.loads(path.read_text())
+        own = results[name]["results"]["model"]["robustness"]
+        own["recovery"] = recovery_rows(baseline, own)
+        own["recovery_max"] = strongest(own["recovery"])
+        seconds[name] = results[name]["wall_time_s"]
+        write_json(path, results[name])
+    write_atomic(out / "recovery.md", summary(results, seconds))
+
+
 def main() -> None:
-    spec = read_yaml(sys.argv[1] if len(sys.argv) > 1 else HERE / "attack_paired.yaml")
+    arguments = [a for a in sys.argv[1:] if a != "--resummarize"]
+    spec = read_yaml(arguments[0] if arguments else HERE / "attack_paired.yaml")
     out = Path(os.environ.get("BENCH_OUT", REPO / "benchmarks/results/attack"))
     out.mkdir(parents=True, exist_ok=True)
+    if "--resummarize" in sys.argv:
+        resummarize(spec, out)
+        return
     options = from_mapping(EvalConfig, spec["options"], "options")
     runs_dir = Path(spec["runs_dir"]).expanduser()
     events = Log()

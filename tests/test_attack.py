@@ -70,6 +70,18 @@ def test_recovery_rows_use_the_original_under_the_same_attack():
     assert strongest([row])["ma"] == {"quantize": pytest.approx(0.6), "all": pytest.approx(0.6)}
 
 
+def test_logit_lens_rows_read_a_layer_instead_of_the_output():
+    base = {"standard": _scores(0.6, 0.0), "attacks": {"logit-lens": {"layers": [0.001, 0.3, 0.64]}}}
+    own = {"standard": _scores(0.4, 0.0), "attacks": {"logit-lens": {"layers": [0.001, 0.38, 0.34]}}}
+    first, second = recovery_rows(base, own)
+    # Layer 2 of the unlearned model predicts 0.38 where its output gives 0.34: 0.04 of the
+    # output's 0.30 gap is still readable inside. Layer 1 knows nothing in either model.
+    assert second["recovery"]["ma"] == pytest.approx(0.04 / 0.30)
+    assert first["recovery"]["ma"] == pytest.approx((0.001 - 0.34) / 0.30)
+    assert first["net_recovery"] is None and second["values"]["ma"]["original_attacked"] == 0.3
+    assert strongest([first, second])["ma"]["logit-lens"] == pytest.approx(0.04 / 0.30)
+
+
 # --- quantization -------------------------------------------------------------------------------
 
 

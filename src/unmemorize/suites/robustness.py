@@ -161,20 +161,21 @@ def run(lm: LoadedModel, config: EvalConfig, events: Events, shared: Shared) -> 
 
 
 def _row(attack: str, variant: str, step: int | None, before: dict, after: dict, attacked: dict,
-         original_attacked: dict | None) -> dict:
+         original_attacked: dict | None, net: bool = True) -> dict:
     values = {m: {"before": before.get(m), "after_unlearning": after.get(m), "after_attack": attacked.get(m),
                   "original_attacked": original_attacked.get(m) if original_attacked else None}
               for m in RECOVERED}
     return {"attack": attack, "variant": variant, "step": step, "values": values,
             "recovery": {m: recovery(v["before"], v["after_unlearning"], v["after_attack"]) for m, v in values.items()},
             "net_recovery": {m: recovery(v["before"], v["after_unlearning"], v["after_attack"], v["original_attacked"])
-                             for m, v in values.items()} if original_attacked else None}
+                             for m, v in values.items()} if original_attacked and net else None}
 
 
 def recovery_rows(base: dict, own: dict) -> list[dict]:
     """One row per attack setting: before (the original), after unlearning and after the attack,
     and the recovery of MA, EL and extraction; where the original went through the same attack
-    (quantization, prompts, the lens) also the recovery net of the attack's own effect."""
+    (quantization, prompts) also the recovery net of the attack's own effect. The lens's rows
+    show the original's MA at the same layer beside them."""
     rows = []
     attacks, base_attacks = own["attacks"], base["attacks"]
     b, o = base["standard"], own["standard"]
@@ -188,9 +189,12 @@ def recovery_rows(base: dict, own: dict) -> list[dict]:
         rows.extend(_row("relearn", name, point["step"], b_half, o_half, point, None) for point in found["curve"])
     lens, base_lens = attacks.get("logit-lens"), base_attacks.get("logit-lens")
     if lens and base_lens:
+        # Reading layer l instead of the output is the attack: its MA against the output's. No
+        # net recovery: where neither model's layer predicts the text yet (the early layers),
+        # the original's layer-l level would make a gap of 0 read as everything recovered.
         last_b, last_o = {"ma": base_lens["layers"][-1]}, {"ma": lens["layers"][-1]}
         for layer, (ma_b, ma_o) in enumerate(zip(base_lens["layers"][:-1], lens["layers"][:-1]), start=1):
-            rows.append(_row("logit-lens", f"layer {layer}", None, last_b, last_o, {"ma": ma_o}, {"ma": ma_b}))
+            rows.append(_row("logit-lens", f"layer {layer}", None, last_b, last_o, {"ma": ma_o}, {"ma": ma_b}, net=False))
     return rows
 
 
