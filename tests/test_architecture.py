@@ -12,10 +12,12 @@ ALLOWED = {
     "training": {"config", "data", "errors", "events", "focus", "methods", "metrics", "models", "paths"},
     "methods": {"errors", "metrics"},
     "metrics": {"errors", "paths"},
-    "suites": {"config", "data", "errors", "events", "metrics", "models", "paths"},
+    # Attacks transform a model (quantize, fine-tune again) or its prompts; the robustness suite scores them.
+    "attacks": {"config", "data", "errors", "events", "methods", "metrics", "models", "paths", "training"},
+    "suites": {"attacks", "config", "data", "errors", "events", "metrics", "models", "paths"},
     # Reporting runs no inference: of the metrics it reads only the statistics (see below).
     "reporting": {"errors", "metrics", "paths"},
-    "recipes": {"config", "data", "errors", "events", "focus", "methods", "metrics", "models", "paths",
+    "recipes": {"attacks", "config", "data", "errors", "events", "focus", "methods", "metrics", "models", "paths",
                 "reporting", "suites", "synthetic", "training"},
 }
 # The metrics modules reporting may import: pure statistics, no model.

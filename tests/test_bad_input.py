@@ -145,8 +145,8 @@ CASES = {
     "unknown-optimizer": (lambda w: w.unlearn("--optimizer", "lion"), "--optimizer must be 'adamw' or 'sgd'"),
     "unknown-split": (lambda w: w.unlearn("--split", "words"), "--split must be 'lines' or 'paragraphs'"),
     "invalid-regex": (lambda w: w.unlearn("--focus", "regex:(unclosed"), "invalid regex"),
-    "unknown-eval-suite": (lambda w: ["eval", "--model", str(w.model), "--suites", "memorization,vibes"], "--suites must be one of memorization, nlu, nlg, dialogue, not 'vibes'"),
-    "unknown-suite-for-unlearn-eval": (lambda w: w.unlearn("--eval", "--eval-suites", "vibes"), "--eval-suites must be one of memorization, nlu, nlg, dialogue, not 'vibes'"),
+    "unknown-eval-suite": (lambda w: ["eval", "--model", str(w.model), "--suites", "memorization,vibes"], "--suites must be one of memorization, nlu, nlg, dialogue, robustness, not 'vibes'"),
+    "unknown-suite-for-unlearn-eval": (lambda w: w.unlearn("--eval", "--eval-suites", "vibes"), "--eval-suites must be one of memorization, nlu, nlg, dialogue, robustness, not 'vibes'"),
     # model files
     "gguf-truncated": (lambda w: w.unlearn(model=w.write("cut.gguf", b"GGUF\x03\x00\x00\x00\x01")), "truncated"),
     "gguf-not-gguf": (lambda w: w.unlearn(model=w.write("fake.gguf", b"PK\x03\x04 a zip file" * 8)), "not a GGUF file"),

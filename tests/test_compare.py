@@ -139,10 +139,10 @@ def test_a_run_trained_but_not_evaluated_is_only_evaluated(setting, tmp_path, mo
     path.write_text(yaml.safe_dump(config))
     real_eval = compare.run_eval
 
-    def eval_fails_on_runs(cfg, reporter=None, thresholds=None):
+    def eval_fails_on_runs(cfg, reporter=None, thresholds=None, robustness=None):
         if cfg.judge is not None:  # a run's evaluation (the original has no separate judge)
             raise KeyboardInterrupt
-        return real_eval(cfg, reporter, thresholds)
+        return real_eval(cfg, reporter, thresholds, robustness)
 
     monkeypatch.setattr(compare, "run_eval", eval_fails_on_runs)
     out, runs = tmp_path / "results", tmp_path / "weights"

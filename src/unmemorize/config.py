@@ -28,7 +28,7 @@ from .errors import UserError
 DEFAULT_MODEL = "gemma-3-270m"
 DEFAULT_FORGET = "extraction/forget_sets/lm_extraction_8_0.csv"
 DEFAULT_REFERENCE = "reference/pile.csv"
-SUITES = ("memorization", "nlu", "nlg", "dialogue")
+SUITES = ("memorization", "nlu", "nlg", "dialogue", "robustness")
 DEFAULT_SUITES = ("memorization", "nlu", "nlg")
 
 
@@ -425,22 +425,59 @@ DIALOGUE_FILES = ("reference/wizard_of_wikipedia.json", "reference/empathetic_di
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions):
+class ForgetMeasurement(Checked):
+    """How the forget set is read and measured, shared by `eval` and `attack`."""
+
+    original: str | None = option(None, "The model it came from: evaluated beside it, and the judge of generation perplexity.")
+    forget: str | None = option(None, "The texts that were to be forgotten (needed by the memorization and robustness suites); read with --split, --text-column, --npy-tokenizer.")
+    reference: str | None = option(None, f"Unseen text: the 'forgotten' level and the MIA non-members (default {DEFAULT_REFERENCE}).")
+    el_stride: int = option(10, "Score EL on every k-th prefix (1 = exact).", ge=1)
+    extraction_prefix: int = option(50, "Prefix tokens of the extraction attack (text tokens; BOS not counted).", ge=1)
+    extraction_suffix: int = option(50, "Suffix tokens that must be reproduced exactly; shorter samples are excluded and counted.", ge=1)
+    seed: int = option(0, "Seed of every sampled quantity.")
+    batch_size: int = option(8, "Sequences per teacher-forced pass.", ge=1)
+    device: str | None = option(None, "cpu, cuda or cuda:N (default: the GPU when there is one).")
+
+
+ROBUSTNESS_ATTACKS = ("quantize", "relearn", "prefix", "logit-lens")
+QUANTIZATIONS = ("gguf-q8_0", "gguf-q4_0", "int8", "int4")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RobustnessOptions(Checked):
+    """The robustness suite's attacks (`eval --suites robustness`, `attack`)."""
+
+    attacks: tuple[str, ...] = option(ROBUSTNESS_ATTACKS, "Attacks that try to bring forgotten text back: quantize, relearn, prefix, logit-lens (comma-separated).", choices=ROBUSTNESS_ATTACKS)
+    quantizations: tuple[str, ...] = option(QUANTIZATIONS, "quantize: GGUF types round-tripped by the gguf package's quantizers (gguf-q8_0, gguf-q4_0) and optimum-quanto's weight-only int8 / int4 (the 'attack' extra).", choices=QUANTIZATIONS)
+    relearn_steps: tuple[int, ...] = option((1, 5, 20), "relearn: measure the forget set after these fine-tuning steps.", ge=1)
+    relearn_modes: tuple[str, ...] = option(("lora", "full"), "relearn: LoRA (attention projections) and/or full fine-tuning.", choices=("lora", "full"))
+    relearn_data: tuple[str, ...] = option(("forget-half", "retain"), "relearn on: forget-half (every other forget sample; the other half is measured) and/or retain (unrelated text, --relearn-retain; the whole forget set is measured).", choices=("forget-half", "retain"))
+    relearn_lr: float = option(1e-3, "relearn: learning rate of LoRA fine-tuning.", gt=0)
+    relearn_full_lr: float = option(2e-5, "relearn: learning rate of full fine-tuning.", gt=0)
+    relearn_batch_size: int = option(4, "relearn: sequences per step.", ge=1)
+    relearn_vocabulary: int | None = option(32768, "relearn: the softmax spans the training texts' tokens and the first N ids (finetune --softmax-vocabulary, about twice as fast on Gemma's 262k vocabulary); 0: the whole vocabulary.", ge=0)
+    relearn_retain: str | None = option(None, "relearn: unrelated text to fine-tune on (default reference/wikitext.csv under the data location).")
+    relearn_retain_limit: int = option(16, "relearn: documents of --relearn-retain used.", ge=1)
+    prefix_lengths: tuple[int, ...] = option((16, 32, 100, 150), "prefix: extraction prompts of these lengths (the suffix shortened where a sample has no room).", ge=1)
+    prefix_shifts: tuple[int, ...] = option((25, 50), "prefix: prompts starting this many tokens into the text.", ge=1)
+    prefix_changes: tuple[str, ...] = option(("lower", "upper", "single-spaced"), "prefix: the text changed: lower, upper, single-spaced (every whitespace run one space).", choices=("lower", "upper", "single-spaced"))
+    context_samples: tuple[int, ...] = option((1, 2), "prefix: k other forget samples placed before each sample (in-context relearning).", ge=1)
+    context_tokens: int = option(64, "prefix: tokens of each in-context forget sample.", ge=1)
+    lens_samples: int = option(8, "logit-lens: forget samples read through every layer (each layer costs an output-layer pass).", ge=1)
+    robustness_el: bool = option(False, "Also score greedy EL_n (with --el-stride) wherever an attack is scored: up to ~T²/2 generated tokens per sample each time (about 15 min per scoring of 32 samples of 200 tokens on one CPU core with --el-stride 1); off: MA and extraction.", negative="no-robustness-el")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions, ForgetMeasurement, RobustnessOptions):
     """Every knob of an evaluation; serialized beside the results."""
 
     model: str = option(DEFAULT_MODEL, "The model to evaluate (registry name, directory, .gguf, hub id).")
-    original: str | None = option(None, "The model it came from: evaluated beside it, and the judge of generation perplexity.")
-    forget: str | None = option(None, "The texts that were to be forgotten (needed by the memorization suite); read with --split, --text-column, --npy-tokenizer.")
     judge: str | None = option(None, "Model that scores the perplexity of generations (default: --original, else --model).")
-    suites: tuple[str, ...] = option(DEFAULT_SUITES, "Suites, comma-separated: memorization, nlu, nlg, dialogue.", choices=SUITES)
-    reference: str | None = option(None, f"Unseen text: the 'forgotten' level and the MIA non-members (default {DEFAULT_REFERENCE}).")
+    suites: tuple[str, ...] = option(DEFAULT_SUITES, "Suites, comma-separated: memorization, nlu, nlg, dialogue, robustness.", choices=SUITES)
     reference_limit: int | None = option(None, "Reference documents used (default: as many as the forget set).", ge=1)
-    el_stride: int = option(10, "Score EL on every k-th prefix (1 = exact).", ge=1)
     greedy_el: bool = option(True, "Score greedy EL_n (--no-greedy-el: MA only; greedy decoding is the slow part on CPU).", negative="no-greedy-el")
     undial_el: bool = option(True, "Also report EL as the UNDIAL paper's code computes it (200 sampled tokens, top-k 50, top-p 0.95, cut every 40 tokens, n-gram precision).", negative="no-undial-el")
     undial_el_limit: int | None = option(None, "Score the UNDIAL-code EL on the first N forget samples only (the code's first batch of 32 pairs covers 8 samples of 200 tokens).", ge=1)
-    extraction_prefix: int = option(50, "Prefix tokens of the extraction attack (text tokens; BOS not counted).", ge=1)
-    extraction_suffix: int = option(50, "Suffix tokens that must be reproduced exactly; shorter samples are excluded and counted.", ge=1)
     mia_k_percent: float = option(20.0, "k of min-k% and min-k%++.", gt=0, le=100)
     nlu_tasks: tuple[str, ...] | None = option(None, "NLU tasks, comma-separated (default: the paper's six).")
     nlu_limit: int | None = option(None, "A fixed seeded subset of N instances per task.", ge=1)
@@ -452,17 +489,15 @@ class EvalConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions):
     dialogue_files: tuple[str, ...] = option(DIALOGUE_FILES, "Dialogue files of the dialogue suite (comma-separated; relative paths are under the data location when not found as given).")
     dialogue_limit: int = option(100, "Dialogues per file in the dialogue suite.", ge=1)
     dialogue_max_new_tokens: int = option(32, "Tokens generated per dialogue response.", ge=1)
-    seed: int = option(0, "Seed of every sampled quantity.")
-    batch_size: int = option(8, "Sequences per teacher-forced pass.", ge=1)
-    device: str | None = option(None, "cpu, cuda or cuda:N (default: the GPU when there is one).")
     setting: str = option("custom", "Sizing: quick (smoke runs, too small to separate methods), standard (every NLU item but HellaSwag's beyond 2,000, 500 generations, exact EL) or custom (the options as given); options given explicitly win.", choices=("custom", "quick", "standard"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.suites:
             raise UserError(f"no suite given; choose from {', '.join(SUITES)}")
-        if "memorization" in self.suites and self.forget is None:
-            raise UserError("the memorization suite needs --forget FILE (the texts that were to be forgotten)")
+        for suite in ("memorization", "robustness"):
+            if suite in self.suites and self.forget is None:
+                raise UserError(f"the {suite} suite needs --forget FILE (the texts that were to be forgotten)")
 
 
 # The evaluation settings. Options set explicitly win over a setting's values.
@@ -513,6 +548,20 @@ class EvalOutputs(Checked):
     json_path: str | None = option(None, "Write the results here (keyed suite.task.metric); report.md/html go beside it.", flag="json")
     out: str | None = option(None, "Write OUT/eval.json (unless --json) and the report to this directory.")
     show_text: bool = option(False, "Show forget-set text the directory's run stored (unlearn --show-text) in the report.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions, ForgetMeasurement, RobustnessOptions):
+    """`unmemorize attack`: the robustness suite on an unlearned model beside its original."""
+
+    model: str = option(None, "The unlearned model (directory, .gguf, registry name or hub id).", required=True)
+    out: str = option(None, "Write OUT/eval.json (the robustness suite's results) and the report here.", required=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        missing = [flag for flag, value in (("--original", self.original), ("--forget", self.forget)) if value is None]
+        if missing:
+            raise UserError(f"attack needs {' and '.join(missing)}: recovery is measured against the original on the forget set")
 
 
 # --- audit, report, compare, demo ------------------------------------------------------------

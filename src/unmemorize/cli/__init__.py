@@ -13,7 +13,7 @@ from typing import Callable
 import click
 
 from ..config import (
-    AuditConfig, CompareOptions, DemoConfig, EvalConfig, EvalOutputs, FollowUpEvaluation, PlanConfig,
+    AttackConfig, AuditConfig, CompareOptions, DemoConfig, EvalConfig, EvalOutputs, FollowUpEvaluation, PlanConfig,
     ReportOptions, RuntimeOptions, UnlearnConfig,
 )
 from ..errors import UserError
@@ -46,6 +46,13 @@ COMMANDS = (
             "Evaluate memorization and privacy leaks, NLU, generation and dialogue; original vs unlearned.",
             "Example: unmemorize eval --model runs/forgot --original gemma-3-270m --forget forget.csv "
             "--suites memorization,nlu --nlu-limit 100 --json eval.json"),
+    Command("attack", (AttackConfig,), commands.attack,
+            "Try to bring forgotten text back: quantize, relearn, vary the prompt, read inner layers.\n\n"
+            "Scores the forget set's MA and extraction (EL with --robustness-el) on the original and the "
+            "unlearned model, as they are and under each attack, and the recovery: (after attack − after "
+            "unlearning) / (before − after unlearning). The same as eval --suites robustness.",
+            "Example: unmemorize attack --model runs/forgot --original gemma-3-270m --forget forget.csv "
+            "--attacks quantize,relearn --out runs/forgot-attack"),
     Command("report", (ReportOptions,), commands.report,
             "Re-render report.md and report.html (and an unlearned model's README.md) from a run directory.",
             "Example: unmemorize report runs/forgot --show-text", yaml=False),

@@ -6,14 +6,14 @@ import dataclasses
 from pathlib import Path
 
 from ..config import (
-    DEFAULT_FORGET, AuditConfig, CompareOptions, DemoConfig, EvalConfig, EvalOutputs, FollowUpEvaluation,
+    DEFAULT_FORGET, AttackConfig, AuditConfig, CompareOptions, DemoConfig, EvalConfig, EvalOutputs, FollowUpEvaluation,
     PlanConfig, ReportOptions, UnlearnConfig, evaluation_after, evaluation_setting, quick_evaluation,
 )
 from ..errors import UserError
 from ..paths import data_path, write_json
 
 from .render import (
-    RichEvents, audit_table, comparison_table, demo_summary, err, evaluation_table, out, plan_table, print_verdict, unlearn_summary,
+    RichEvents, attack_table, audit_table, comparison_table, demo_summary, err, evaluation_table, out, plan_table, print_verdict, unlearn_summary,
     write_report,
 )
 
@@ -24,13 +24,13 @@ def _main_process() -> bool:
     return processes()[0] == 0
 
 
-def _evaluate(config: EvalConfig, json_path: Path | None) -> dict:
+def _evaluate(config: EvalConfig, json_path: Path | None, table=evaluation_table) -> dict:
     from ..recipes.evaluate import run_eval
 
     report = run_eval(config, RichEvents())
     if not _main_process():
         return report
-    out.print(evaluation_table(report))
+    out.print(table(report))
     timings = ", ".join(f"{label} {suite} {secs:.0f} s" for label, t in report["timings_s"].items()
                         for suite, secs in t.items())
     out.print(f"suite times: {timings}; total {report['wall_time_s']:.0f} s", highlight=False)
@@ -99,6 +99,15 @@ def evaluate(config: EvalConfig, outputs: EvalOutputs, explicit: set[str]) -> No
         write_report(Path(outputs.out) if outputs.out else json_path.parent, outputs.show_text, eval_json=json_path)
     if main_process:
         print_verdict(evaluation_verdict(report))
+
+
+def attack(config: AttackConfig, explicit: set[str]) -> None:
+    from ..recipes.attack import attack_evaluation
+
+    json_path = Path(config.out) / "eval.json"
+    report = _evaluate(attack_evaluation(config), json_path, table=attack_table)
+    write_report(Path(config.out), False, eval_json=json_path)
+    return report
 
 
 def audit(config: AuditConfig, explicit: set[str]) -> None:

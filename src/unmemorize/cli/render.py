@@ -162,6 +162,21 @@ def evaluation_table(report: dict) -> Table:
     return table
 
 
+def attack_table(report: dict) -> Table:
+    """The recovery of each attack (the report's robustness table)."""
+    from ..reporting.robustness import RECOVERY_HEADER, recovery_cells, robustness_pair
+
+    _base, own = robustness_pair(report)
+    table = Table(title="Robustness: " + " vs ".join(f"{l} = {n}" for l, n in report["models"].items()))
+    for column in RECOVERY_HEADER:
+        table.add_column(column, justify="left" if column in ("attack", "setting") else "right")
+    for row in recovery_cells((own or {}).get("recovery", [])):
+        table.add_row(*row)
+    times = ", ".join(f"{a} {s:.0f} s" for a, s in ((own or {}).get("timings_s") or {}).items())
+    table.caption = f"recovery: share of the forgetting undone (n/a: nothing was unlearned on that metric); times: {times}"
+    return table
+
+
 def comparison_table(comparison: dict) -> Table:
     """The pooled rows of comparison.md (value [95 % interval], the verdict, matched utility)."""
     from ..reporting.comparison import group_table

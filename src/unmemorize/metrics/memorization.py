@@ -372,9 +372,10 @@ def _teacher_forced_predictions(
     return predictions
 
 
-def _accuracy(sequence: list[int], predictions: list[int]) -> float:
-    matches = sum(1 for t in range(1, len(sequence)) if predictions[t - 1] == sequence[t])
-    return matches / (len(sequence) - 1)
+def _accuracy(sequence: list[int], predictions: list[int], start: int = 1) -> float:
+    """MA over the targets t = start..T−1 (start > 1: text after a context is scored alone)."""
+    matches = sum(1 for t in range(start, len(sequence)) if predictions[t - 1] == sequence[t])
+    return matches / max(len(sequence) - start, 1)
 
 
 # --- continuations ------------------------------------------------------------------------

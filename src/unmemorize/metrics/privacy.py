@@ -586,6 +586,7 @@ def memorization_report(
     extraction: tuple[int, int] | None = None,
     text_start: int = 0,
     undial_el: dict | None = None,
+    ma_start: int = 1,
     progress: ProgressCallback | None = None,
 ) -> MemorizationResult:
     """:func:`unmemorize.metrics.memorization.memorization` plus, from the same teacher-forced
@@ -601,6 +602,8 @@ def memorization_report(
       ``batch_size``) plus ``limit`` (the first ``limit`` samples only), in
       ``result.undial_el``; its prompts continue from the pass's keys and values.
 
+    MA scores the targets t = ``ma_start``..T−1 (default: all of them; later, when the first
+    tokens are a context placed before the text, as the robustness suite's in-context attack does).
     ``progress(done, total)`` counts every generated token, greedy and sampled.
     """
     sequences = _check_sequences(sequences)
@@ -621,7 +624,7 @@ def memorization_report(
             keep_states=bool(ns or extraction or sampled),
             statistics=_position_statistics if texts is not None else None,
         )
-        result = MemorizationResult(ma=[_accuracy(s, p) for s, p in zip(sequences, prepared.predictions)])
+        result = MemorizationResult(ma=[_accuracy(s, p, ma_start) for s, p in zip(sequences, prepared.predictions)])
         if texts is not None:
             result.membership = membership_from(prepared, texts, k_percent)
         first = first_mismatches(sequences, prepared.predictions)

@@ -292,8 +292,15 @@ def _thresholds(original: dict | None) -> dict | None:
     return {k: v for k, v in reference.items() if k != "samples"} or None
 
 
+def _robustness(original: dict | None) -> dict | None:
+    """The original row's robustness results: the before of every run's recovery."""
+    if not original:
+        return None
+    return next(iter(original["eval"]["results"].values())).get("robustness")
+
+
 def _run_one(plan: RunPlan, index: int, total: int, runs_dir: Path, events: Events,
-             thresholds: dict | None = None) -> dict:
+             thresholds: dict | None = None, robustness: dict | None = None) -> dict:
     label = plan.name if plan.unlearn is None else f"[{index}/{total}] {plan.name}"
     unlearn_summary = None
     if plan.unlearn is not None:
@@ -310,7 +317,7 @@ def _run_one(plan: RunPlan, index: int, total: int, runs_dir: Path, events: Even
             write_json(marker, {"unlearn": plan.request["unlearn"]})
         unlearn_summary = _unlearn_summary(metrics)
     events.message(f"{label}: evaluating ({', '.join(plan.eval.suites)})")
-    report = run_eval(plan.eval, events, thresholds)
+    report = run_eval(plan.eval, events, thresholds, robustness)
     return {"name": plan.name, "method": plan.method, "params": plan.params, "request": plan.request,
             "unlearn": unlearn_summary, "eval": report}
 
@@ -338,7 +345,7 @@ def run_compare(config: CompareConfig, out_dir: Path, runs_dir: Path | None = No
             events.message(f"pending {plan.name} (not run: --table-only)")
             continue
         results[plan.name] = _run_one(plan, index, len(plans) - 1, runs_dir, events,
-                                      _thresholds(results.get(ORIGINAL)))
+                                      _thresholds(results.get(ORIGINAL)), _robustness(results.get(ORIGINAL)))
         write_json(path, results[plan.name])
         if index < len(plans) - 1:
             # The table so far after every run: a long comparison shows its finished rows early.

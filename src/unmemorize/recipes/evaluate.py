@@ -25,22 +25,29 @@ def _load(name: str, config: EvalConfig, device: str, events: Events):
                       trust_remote_code=config.trust_remote_code, progress=events.message)
 
 
+# Suites whose later models read what the first model's run left in `Shared` (the "forgotten"
+# thresholds; the original's scores under each attack, the "before" of every recovery).
+FIRST_PROCESS_SUITES = ("memorization", "robustness")
+
+
 def mine(jobs: list[tuple[str, Suite]], rank: int, count: int) -> list[tuple[str, Suite]]:
     """This process's (model, suite) jobs of a launch, in the single-process order. Every
-    memorization job goes to the first process: the first model's sets the "forgotten"
-    thresholds the next one is judged by (`Shared.thresholds`); the other jobs are dealt in
-    turn. Each suite seeds its own generators, so a job gives the same result on any process."""
+    memorization and robustness job goes to the first process: the first model's sets the
+    "forgotten" thresholds and the attacks' "before" the next one is judged by (`Shared`); the
+    other jobs are dealt in turn. Each suite seeds its own generators, so a job gives the same result on any process."""
     if count == 1:
         return jobs
-    others = [job for job in jobs if job[1].name != "memorization"]
-    return [job for job in jobs if (job[1].name == "memorization" and rank == 0)
+    others = [job for job in jobs if job[1].name not in FIRST_PROCESS_SUITES]
+    return [job for job in jobs if (job[1].name in FIRST_PROCESS_SUITES and rank == 0)
             or (job in others and others.index(job) % count == rank)]
 
 
-def run_eval(config: EvalConfig, events: Events | None = None, thresholds: dict | None = None) -> dict:
+def run_eval(config: EvalConfig, events: Events | None = None, thresholds: dict | None = None,
+             robustness: dict | None = None) -> dict:
     """Evaluate ``config.model`` (and ``config.original`` beside it) on the chosen suites.
     ``thresholds`` (MA/EL on unseen text, e.g. the original's from an earlier evaluation) is
-    the "forgotten" level; without it the first model evaluated here sets it."""
+    the "forgotten" level, and ``robustness`` (the original's robustness results) the before of
+    every recovery; without them the first model evaluated here sets them."""
     events = events or Events()
     suites = get_suites(config.suites)
     check_inputs(config)
@@ -56,7 +63,7 @@ def run_eval(config: EvalConfig, events: Events | None = None, thresholds: dict 
     if config.judge and any(s.needs_encoder for s in suites):
         same = [label for label, name in labels.items() if name == config.judge]
         judge = loaded[same[0]] if same else _load(config.judge, config, device, events)
-    shared = Shared(judge=judge, thresholds=dict(thresholds) if thresholds else None)
+    shared = Shared(judge=judge, thresholds=dict(thresholds) if thresholds else None, robustness=robustness)
     if any(s.needs_encoder for s in suites):
         from ..metrics.nlg import load_encoder
 

@@ -43,7 +43,7 @@ from ..training.components import (
     FinalWeights, RetainStream, Teacher, add_lora, attention_projections, forget_loader, frozen_copy,
     lr_factor, make_optimizer, needs_teacher,
 )
-from ..training.loss import OutputHead, head_matches, output_head, release_buffers
+from ..training.loss import OutputHead, head_matches, output_head, over_vocabulary, release_buffers
 from ..training.loop import Checkpointer, DivergenceGuard, Loop, TrainState, train
 from ..training.outputs import output_paths, save_model_directory
 from ..training.step import StepParts, autocast_dtype
@@ -324,10 +324,8 @@ def _chunked_head(run: _Run, model: torch.nn.Module) -> OutputHead | None:
         return None
     if run.config.softmax_vocabulary:
         texts = [t.input_ids for t in run.data.tokenized + (run.data.retain or [])]
-        rows = torch.unique(torch.tensor([i for ids in texts for i in ids] + list(range(
-            min(run.config.softmax_vocabulary, head.weight.shape[0])))))
-        head = dataclasses.replace(head, rows=rows.to(head.weight.device))
-        run.events.message(f"softmax over {len(rows):,} of {head.weight.shape[0]:,} vocabulary rows")
+        head = over_vocabulary(head, texts, run.config.softmax_vocabulary)
+        run.events.message(f"softmax over {len(head.rows):,} of {head.weight.shape[0]:,} vocabulary rows")
     return head
 
 

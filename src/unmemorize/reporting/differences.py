@@ -64,6 +64,9 @@ def metric_columns(el_key: str) -> list[Column]:
         Column("mauve", "MAUVE ↑", "nlg", "mauve", lower_is_better=False),
         Column("heldout_ppl", "held-out ppl ↓", "nlg", "heldout_ppl", lower_is_better=True, digits=2, share=False),
         Column("gen_ppl", "gen ppl", "nlg", "gen_ppl", digits=2, share=False),
+        # The strongest attack's MA recovery (robustness suite; net of its effect on the original).
+        Column("ma_recovery", "MA recovery under attack ↓", "robustness", "recovery_max.ma.all",
+               lower_is_better=True, share=False),
     ]
 
 

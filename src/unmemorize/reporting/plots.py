@@ -230,3 +230,58 @@ def _curves_panel(ax, curves: dict, rows: list[dict], colors: dict, level: float
     ax.set_ylabel("MA on unseen text (general accuracy, ↑)")
     ax.set_title("Paths at equal forgetting", fontsize=10)
     ax.grid(alpha=0.3)
+
+
+# --- robustness -------------------------------------------------------------------------------
+
+
+def recovery_bars(labels: Sequence[str], values: Sequence[float], title: str) -> bytes:
+    """One horizontal bar per attack setting: its MA recovery (0 nothing back, 1 all of it)."""
+    figure = Figure(figsize=(6.4, 0.3 * len(labels) + 1.2))
+    ax = figure.subplots()
+    shown = [v if finite(v) else 0.0 for v in values]
+    ax.barh(range(len(labels)), shown, color=[AFTER_COLOR if v > 0 else BEFORE_COLOR for v in shown])
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.axvline(1, color=THRESHOLD_COLOR, linestyle="--", linewidth=0.8, label="back at the original")
+    ax.set_xlabel("MA recovery: (after attack − after unlearning) / (before − after unlearning)")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(figure)
+
+
+def relearn_plot(curves: dict[str, list[tuple[int, float]]], before: dict[str, float], title: str) -> bytes:
+    """MA of the measured forget samples after each relearning step, one line per curve; the
+    dotted line of the same colour is the original's MA on the same samples."""
+    figure = Figure(figsize=(6, 3.4))
+    ax = figure.subplots()
+    for index, (name, points) in enumerate(curves.items()):
+        color = f"C{index}"
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=color, label=name)
+        if finite(before.get(name)):
+            ax.axhline(before[name], color=color, linestyle=":", linewidth=0.9)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("relearning steps (step 0: the unlearned model)")
+    ax.set_ylabel("forget-set MA")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(figure)
+
+
+def lens_plot(layers: dict[str, Sequence[float]], title: str) -> bytes:
+    """MA of each layer's hidden state through the final norm and output layer, per model."""
+    figure = Figure(figsize=(6, 3.2))
+    ax = figure.subplots()
+    for index, (label, values) in enumerate(layers.items()):
+        ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, color=f"C{index}", label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("forget-set MA (logit lens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(figure)

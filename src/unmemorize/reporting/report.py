@@ -279,8 +279,9 @@ def _unlearn_context(metrics: dict, config: dict, samples: dict | None, figures:
 
 
 def _eval_context(report: dict, source: Path, figures: _Figures) -> dict:
-    from .tables import comparison_rows, evaluation_cells
     from .plots import memorization_plot
+    from .robustness import robustness_context
+    from .tables import comparison_rows, evaluation_cells
 
     labels = list(report["models"])
     rows = []
@@ -302,7 +303,7 @@ def _eval_context(report: dict, source: Path, figures: _Figures) -> dict:
         "labels": labels, "judge": report.get("judge"), "rows": rows, "timings": timings,
         "setting": (report.get("config") or {}).get("setting") or "custom",
         "wall_time_s": report.get("wall_time_s"), "config": list((report.get("config") or {}).items()),
-        "figure": figure,
+        "figure": figure, "robustness": robustness_context(report, figures),
     }
 
 

@@ -34,7 +34,8 @@ HEADLINE = (
     "nlu.avg6_lm_eval.acc", "nlg.mauve", "nlg.heldout_ppl", "nlg.gen_ppl", "dialogue.average.f1",
 )
 SKIPPED_IN_TABLE = ("_stderr", ".n", ".samples", "prefix_tokens", "suffix_tokens", "forget_samples",
-                    "undial_el_pairs", "measurements", "intervals", "mauve_clusters", "forgotten.checks")
+                    "undial_el_pairs", "measurements", "intervals", "mauve_clusters", "forgotten.checks",
+                    "robustness.")  # the robustness section shows its own table
 
 
 def comparison_rows(report: dict) -> list[tuple[str, list[float | None]]]:

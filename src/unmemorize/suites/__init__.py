@@ -15,9 +15,10 @@ __all__ = ["Shared", "Suite", "check_inputs", "get_suites", "staged_progress"]
 
 
 def _registry() -> dict[str, Suite]:
-    from . import dialogue, memorization, nlg, nlu
+    from . import dialogue, memorization, nlg, nlu, robustness
 
-    return {suite.name: suite for suite in (memorization.SUITE, nlu.SUITE, nlg.SUITE, dialogue.SUITE)}
+    return {suite.name: suite for suite in (memorization.SUITE, nlu.SUITE, nlg.SUITE, dialogue.SUITE,
+                                            robustness.SUITE)}
 
 
 def get_suites(names) -> list[Suite]:

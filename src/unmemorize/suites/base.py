@@ -15,11 +15,15 @@ from ..models import LoadedModel
 class Shared:
     """Loaded once per evaluation and used by every model's suites: the judge of generation
     perplexity, the sentence encoder of MAUVE and coherence, and the "forgotten" thresholds
-    (MA and EL on unseen text) of the first model measured — the original when there is one."""
+    (MA and EL on unseen text) and robustness results of the first model measured — the
+    original when there is one."""
 
     judge: LoadedModel
     encoder: Any = None
     thresholds: dict | None = None
+    # The robustness suite's results on the first model measured (the original): the "before"
+    # of every recovery, and the original under the same attacks.
+    robustness: dict | None = None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ gradient equal the plain path's (tests/test_chunked_loss.py compares them in flo
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -95,6 +97,14 @@ def output_head(model: torch.nn.Module) -> OutputHead | None:
     if type(head) is not torch.nn.Linear or not accepts_kwarg(net, "logits_to_keep"):
         return None
     return OutputHead(head.weight, head.bias, getattr(net.config, "final_logit_softcapping", None))
+
+
+def over_vocabulary(head: OutputHead, texts: list[list[int]], vocabulary: int) -> OutputHead:
+    """``head`` with its softmax over the training texts' own tokens and the first
+    ``vocabulary`` ids only (finetune --softmax-vocabulary)."""
+    rows = torch.unique(torch.tensor([i for ids in texts for i in ids]
+                                     + list(range(min(vocabulary, head.weight.shape[0])))))
+    return dataclasses.replace(head, rows=rows.to(head.weight.device))
 
 
 def final_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
