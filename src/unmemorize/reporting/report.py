@@ -8,7 +8,8 @@ can re-render it at any time:
 - ``metrics.json`` + ``unlearn_config.json`` (+ ``samples.json``, ``eval.json``): an unlearning run;
 - ``eval.json`` (or another JSON written by ``unmemorize eval --json``): an evaluation;
 - ``comparison.json`` (+ ``tradeoff.png``, ``tradeoff.csv``): a comparison of methods;
-- ``demo.json``: the end-to-end demo.
+- ``demo.json``: the end-to-end demo;
+- ``scan.json``: a scan of a corpus for memorized windows.
 
 Forget-set text is sensitive. Unless a run was asked for it (``--show-text``), no text of the
 forget set is stored in the run directory: ``samples.json`` holds, for a few forget prefixes,
@@ -400,6 +401,29 @@ def _demo_context(run_dir: Path, figures: _Figures) -> dict:
     }
 
 
+def _scan_context(run_dir: Path, figures: _Figures, show_text: bool) -> dict:
+    """A scan's summary (scan.json): counts, thresholds, the ranked flagged windows (text only
+    when both the scan and the report were asked for it) and the PII found."""
+    from .plots import score_histograms
+
+    scan = _read_json(run_dir / "scan.json")
+    histogram, threshold = scan.get("histogram"), scan["threshold"]
+    figure = None
+    if histogram:
+        figure = figures.add("scan_scores", "Scores of the corpus and of unseen text", score_histograms(
+            histogram["edges"], histogram["corpus"], histogram["reference"], histogram["score"], threshold["threshold"]))
+    rows = [{**row, "text": row.get("text") if show_text else None} for row in scan["top"]]
+    counts = [("documents", scan["documents"]), ("windows", scan["windows"]), ("tokens", scan["tokens"]),
+              ("attacked (candidates)", scan["candidates"]), ("extracted verbatim", scan["extracted"]),
+              ("flagged", scan["flagged"]), ("flag score", scan["score"]), ("flag threshold", threshold["threshold"]),
+              ("wall time (s)", scan["timing"]["wall_s"]), ("windows/s", scan["timing"]["windows_per_s"]),
+              ("tokens/s", scan["timing"]["tokens_per_s"]), ("processes", scan["timing"]["processes"])]
+    if not threshold.get("explicit"):
+        counts[7:7] = [("false-positive rate", threshold["fpr"]), ("reference windows", threshold["reference"])]
+    return {"model": scan["model"], "counts": counts, "rows": rows, "score": scan["score"], "figure": figure,
+            "pii": sorted((scan.get("pii") or {}).items()), "pii_scanned": scan.get("pii") is not None}
+
+
 # --- rendering -----------------------------------------------------------------------------
 
 
@@ -423,7 +447,8 @@ def _environment(autoescape: bool) -> jinja2.Environment:
 def _title(kind: str, unlearn: dict | None) -> str:
     if kind == "unlearn" and unlearn is not None:
         return f"Unlearning report: {unlearn['model']} ({unlearn['method']})"
-    return {"eval": "Evaluation report", "compare": "Comparison report", "demo": "Demo report"}.get(kind, "Report")
+    return {"eval": "Evaluation report", "compare": "Comparison report", "demo": "Demo report",
+            "scan": "Scan report"}.get(kind, "Report")
 
 
 def write_report(run_dir: Path, show_text: bool = False, *, eval_json: Path | None = None) -> tuple[Path, Path]:
@@ -436,8 +461,9 @@ def write_report(run_dir: Path, show_text: bool = False, *, eval_json: Path | No
     metrics_path = run_dir / "metrics.json"
     eval_path = Path(eval_json) if eval_json is not None else _find_eval_json(run_dir)
     has_compare, has_demo = (run_dir / "comparison.json").is_file(), (run_dir / "demo.json").is_file()
-    if not (metrics_path.is_file() or eval_path or has_compare or has_demo):
-        raise UserError(f"no metrics.json, eval.json or comparison.json in {run_dir}: not an unmemorize run directory")
+    has_scan = (run_dir / "scan.json").is_file()
+    if not (metrics_path.is_file() or eval_path or has_compare or has_demo or has_scan):
+        raise UserError(f"no metrics.json, eval.json, comparison.json or scan.json in {run_dir}: not an unmemorize run directory")
 
     figures = _Figures()
     unlearn = metrics = config = evaluation = None
@@ -461,13 +487,15 @@ def write_report(run_dir: Path, show_text: bool = False, *, eval_json: Path | No
         compare = _compare_context(run_dir, figures) if has_compare else None
         reading = run_dir / "demo.json"
         demo = _demo_context(run_dir, figures) if has_demo else None
+        reading = run_dir / "scan.json"
+        scan = _scan_context(run_dir, figures, show_text) if has_scan else None
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
         raise UserError(f"cannot render a report from {reading}: unexpected content "
                         f"({type(error).__name__}: {error})") from None
-    kind = "unlearn" if unlearn else "compare" if compare else "demo" if demo else "eval"
+    kind = "unlearn" if unlearn else "compare" if compare else "demo" if demo else "scan" if scan else "eval"
     context = {
         "title": _title(kind, unlearn), "kind": kind, "version": __version__, "directory": run_dir.name,
-        "unlearn": unlearn, "eval": evaluation, "compare": compare, "demo": demo,
+        "unlearn": unlearn, "eval": evaluation, "compare": compare, "demo": demo, "scan": scan,
         "match_symbol": MATCH, "miss_symbol": MISS,
     }
     if "tradeoff" in figures.items:
