@@ -41,7 +41,7 @@ from unmemorize.paths import data_root, portable, write_atomic, write_json  # no
 from unmemorize.recipes.scan import run_scan  # noqa: E402
 
 FORGET = "extraction/forget_sets/lm_extraction_32_0.csv"
-SOURCES = (("pile", "reference/pile.csv", 1200), ("lambada", "reference/lambada.csv", 800))
+SOURCES = (("pile", "reference/pile.csv", 1150), ("lambada", "reference/lambada.csv", 850))
 REFERENCE = "reference/pile.csv"
 REFERENCE_DOCUMENTS = 300
 TEXT_TOKENS = 48
