@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+import torch
+
 from ..config import DEFAULT_REFERENCE, ScanConfig, as_json
 from ..data import Example, Window, document_windows, iter_examples, leading_specials
 from ..errors import UserError
@@ -159,7 +161,8 @@ def run_scan(config: ScanConfig, events: Events | None = None) -> dict:
     references = list(islice(iter_examples(reference, split=config.split, text_column=config.text_column,
                                            npy_tokenizer=config.npy_tokenizer), config.reference_limit)) \
         if reference else []
-    accelerator = Accelerator(cpu=config.cpu)
+    # Without a GPU, accelerate joins the processes of torchrun only when told it runs on the CPU.
+    accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available())
     loaded = load_model(config.model, device=str(accelerator.device), allow_pickle=config.allow_pickle,
                         trust_remote_code=config.trust_remote_code, progress=events.message)
     shards = out / SHARDS_DIR
