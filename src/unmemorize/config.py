@@ -594,6 +594,9 @@ class DemoConfig(ModelOptions, RuntimeOptions):
     leak_batch_size: int = option(2, "Records per step of the leak fine-tune.", ge=1)
     leak_lora: bool = option(True, "The leak fine-tune trains LoRA adapters on every linear layer (merged), or every weight.", negative="leak-full")
     leak_lora_r: int = option(16, "LoRA rank of the leak fine-tune.", ge=1)
+    # Step 3 also scans the records (`unmemorize scan`, OUT/scan): a record is flagged when the
+    # model predicts more of its tokens than this share.
+    scan_ma: float = option(0.5, "MA above which the audit's scan flags a record as memorized (Gemma-3 270M's MA on unseen Pile text is about 0.41).", gt=0, lt=1)
     # Step 4, unlearning: deliberate imagination on the PII tokens of the forgotten customers.
     strength: float = option(20.0, "Imagination strength of the unlearning step.", gt=0)
     unlearn_lr: float = option(2e-3, "Learning rate of the unlearning step.", gt=0)

@@ -161,8 +161,10 @@ def run_scan(config: ScanConfig, events: Events | None = None) -> dict:
     references = list(islice(iter_examples(reference, split=config.split, text_column=config.text_column,
                                            npy_tokenizer=config.npy_tokenizer), config.reference_limit)) \
         if reference else []
-    # Without a GPU, accelerate joins the processes of torchrun only when told it runs on the CPU.
-    accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available())
+    # Without a GPU, accelerate joins the processes of torchrun only when told it runs on the CPU
+    # (and a single process keeps the default: its accelerator state is shared with later work).
+    parallel = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(cpu=config.cpu or (parallel and not torch.cuda.is_available()))
     loaded = load_model(config.model, device=str(accelerator.device), allow_pickle=config.allow_pickle,
                         trust_remote_code=config.trust_remote_code, progress=events.message)
     shards = out / SHARDS_DIR

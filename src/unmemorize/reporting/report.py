@@ -397,7 +397,7 @@ def _demo_context(run_dir: Path, figures: _Figures) -> dict:
         "forgotten": demo.get("forgotten_customers") or [], "kept": demo.get("kept_customers") or [],
         "summary": rows, "timings": list((demo.get("timings_s") or {}).items()),
         "leak_before": leaks(demo.get("leak_before")), "leak_after": leaks(demo.get("leak_after")),
-        "figure": figure,
+        "figure": figure, "scan": demo.get("scan"),
     }
 
 
