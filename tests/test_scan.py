@@ -256,3 +256,41 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, memorizing, tm
     error = capsys.readouterr().err.strip()
     assert error and len(error.splitlines()) == 1, error
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_every_corpus_format_streams_one_example_at_a_time(tiny_models, tmp_path):
+    import csv
+
+    import datasets
+    import numpy as np
+
+    from unmemorize.data import iter_examples
+    from unmemorize.errors import UserError
+
+    texts = ["the quick brown fox", "Alice, Bob and \"Carol\" in Paris", "a third document here"]
+    # A broken record after the first: the stream gives the first before it reads that far.
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"text": texts[0]}) + "\n{not json\n")
+    assert next(iter_examples(broken)).text == texts[0]
+    with pytest.raises(UserError, match="line 2: invalid JSON"):
+        load_examples(broken)
+    table = tmp_path / "c.csv"
+    with table.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["doc_id", "text"])
+        writer.writerows([[f"d{i}", t] for i, t in enumerate(texts)])
+    assert [(e.id, e.text) for e in iter_examples(table)] == [(f"d{i}", t) for i, t in enumerate(texts)]
+    paragraphs = tmp_path / "p.txt"
+    paragraphs.write_bytes("\r\n\r\n".join(texts).encode() + b"\r\n")
+    assert [e.text for e in iter_examples(paragraphs, split="paragraphs")] == texts
+    assert [e.text for e in iter_examples(paragraphs)] == texts  # lines: the blank ones dropped
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"][:4] for t in texts]
+    np.save(tmp_path / "t.npy", np.array(rows, dtype=np.uint16))
+    assert [e.text for e in iter_examples(tmp_path / "t.npy", npy_tokenizer=str(tiny_models["llama"]))] == \
+        [tokenizer.decode(r, clean_up_tokenization_spaces=True) for r in rows]
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "saved"))
+    assert [e.text for e in iter_examples(tmp_path / "saved")] == texts
+    (tmp_path / "raw").mkdir()
+    write_jsonl(tmp_path / "raw" / "part.jsonl", texts, "r")
+    assert [e.text for e in iter_examples(tmp_path / "raw")] == texts
