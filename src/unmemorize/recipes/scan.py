@@ -122,25 +122,28 @@ class _Scan:
     def run_shards(self, kind: str, documents: Iterator, total: int, work) -> None:
         """``work(group) -> dict`` on this process's shards of ``documents`` not yet on disk."""
         progress = self.events.progress(f"{kind} documents")
-        done = started_windows = 0
+        done = scored_windows = scored_documents = 0
         started = time.perf_counter()
         size = self.config.shard_documents
-        for number in range((total + size - 1) // size):
+        shards = (total + size - 1) // size
+        for number in range(shards):
             group = list(islice(documents, size))
             path = self.shards / f"{kind}-{number:06d}.json"
+            done += len(group)
             if number % self.processes == self.process and not path.exists():
                 begun = time.perf_counter()
                 result = work(group)
                 result["seconds"] = time.perf_counter() - begun
                 write_atomic(path, json.dumps(result))
-                started_windows += len(result["windows"])
+                scored_windows, scored_documents = scored_windows + len(result["windows"]), scored_documents + len(group)
                 elapsed = time.perf_counter() - started
                 tokens = sum(w["tokens"] for w in result["windows"])
+                # This process's share of what is left, at its pace since it started.
+                eta = (total - done) / self.processes * elapsed / scored_documents
                 self.events.message(
-                    f"{kind} shard {number + 1}: {len(result['windows'])} windows, "
-                    f"{len(result['windows']) / result['seconds']:.2f} windows/s, {tokens / result['seconds']:.0f} tokens/s "
-                    f"({started_windows / elapsed:.2f} windows/s since start)")
-            done += len(group)
+                    f"{kind} shard {number + 1}/{shards}: {len(result['windows'])} windows, "
+                    f"{len(result['windows']) / result['seconds']:.2f} windows/s, {tokens / result['seconds']:.0f} tokens/s; "
+                    f"{scored_windows / elapsed:.2f} windows/s since start, about {eta / 60:.0f} min left")
             progress(done, total)
 
 
