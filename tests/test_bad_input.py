@@ -71,14 +71,14 @@ def unreadable(w: Work) -> list[str]:
     path = w.write("locked.jsonl", json.dumps({"text": TEXTS[0]}))
     path.chmod(0)
     if os.access(path, os.R_OK):  # root reads anything: make the read fail as it would for a user
-        original = Path.read_text
+        original = Path.open
 
-        def read_text(self, *args, **kwargs):
+        def open_file(self, *args, **kwargs):
             if self == path:
                 raise PermissionError(13, "Permission denied", str(self))
             return original(self, *args, **kwargs)
 
-        w.monkeypatch.setattr(Path, "read_text", read_text)
+        w.monkeypatch.setattr(Path, "open", open_file)
     return w.unlearn(forget=path)
 
 

@@ -26,7 +26,7 @@ SUMMARY_KEYS = {
     "intervals",
 }
 TOP_KEYS = {"model", "records", "forgotten_customers", "kept_customers", "leak_before", "leak_after",
-            "summary", "timings_s", "passed", "kept_share_required", "min_fragment", "general_text", "synthetic", "verdict", "unlearning_rounds", "environment"}
+            "summary", "timings_s", "passed", "kept_share_required", "min_fragment", "general_text", "synthetic", "verdict", "unlearning_rounds", "environment", "scan"}
 
 
 class Messages(Events):
@@ -248,6 +248,7 @@ def test_tiny_demo_writes_its_output_and_reuses_the_leaky_model(tiny_models, tmp
     assert json.loads((out / "demo.json").read_text()) == result
     assert (out / "unlearned-model" / "model.safetensors").is_file()
     assert len(load_examples(out / "corpus.jsonl")) == 3
+    assert result["scan"]["records"] == 3 and (out / "scan" / "scan.jsonl").is_file()
     assert not any("using cached leaky model" in line for line in messages.lines)
     # A random tiny model memorizes nothing: no leak before, so the demo cannot pass.
     assert result["summary"]["pii_leaked_before"] == 0 and result["passed"] is False
@@ -284,6 +285,15 @@ def test_demo_removes_what_leaked_on_a_tiny_model(learnable_model, tmp_path, cap
     leaked = [p["value"] for p in before["pii"] if p["leaked"]]
     assert all(value in before["completion"] and value not in after["completion"] for value in leaked)
     assert s["forget_ma_after"] < s["forget_ma_before"]
+    # The audit's scan flags the forgotten customer's record exactly when the audit's own MA of
+    # it (one record: memorization() on its tokens) is above the threshold; forget.jsonl holds
+    # the flagged records whole, with their PII spans.
+    forgotten_id = result["forgotten_customers"][0]
+    assert (forgotten_id in result["scan"]["flagged"]) == (s["forget_ma_before"] > 0.5)
+    corpus = {e.id: e for e in load_examples(out / "corpus.jsonl")}
+    for record in load_examples(out / "scan" / "forget.jsonl"):
+        source = corpus[record.id.split("#")[0]]
+        assert record.text == source.text and record.spans
     text = " ".join(capsys.readouterr().out.split())
     assert f"FAIL: the leaky model reproduced only {s['pii_leaked_before']} of 4 of the forgotten" in text
     assert (out / "report.html").is_file()

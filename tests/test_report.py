@@ -287,7 +287,7 @@ def test_report_command_rerenders_and_refuses_a_directory_without_a_run(redacted
     run_cli(["report", str(run)])
 
     code, printed = run_cli(["report", str(tmp_path)])
-    assert code == 2 and "no metrics.json, eval.json or comparison.json in" in printed
+    assert code == 2 and "no metrics.json, eval.json, comparison.json or scan.json in" in printed
     assert printed.count("error:") == 1 and "Traceback" not in printed
     with pytest.raises(UserError, match="is not a directory"):
         write_report(tmp_path / "missing")

@@ -285,13 +285,8 @@ class RuntimeOptions(Checked):
 
 
 @dataclass(frozen=True, kw_only=True)
-class LengthOption(Checked):
-    max_length: int = option(200, "Truncate sequences to this many tokens.", ge=2)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReadOptions(LengthOption):
-    """How a text file is read into examples and tokens."""
+class SourceOptions(Checked):
+    """How a text file is read into examples."""
 
     split: str = option("lines", "Plain text: one example per 'lines' or 'paragraphs'.",
                         choices=("lines", "paragraphs"))
@@ -301,9 +296,28 @@ class ReadOptions(LengthOption):
 
 
 @dataclass(frozen=True, kw_only=True)
+class LengthOption(Checked):
+    max_length: int = option(200, "Truncate sequences to this many tokens.", ge=2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadOptions(SourceOptions, LengthOption):
+    """How a text file is read into examples and tokens."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExtractionOptions(Checked):
     el_n: tuple[int, ...] = option((10,), "n of the extraction likelihood EL_n (repeatable).", ge=1)
     el_batch_size: int = option(128, "Prefixes decoded together when measuring EL (each keeps its keys and values: about 1 GB for 128 rows of 200 tokens on Gemma-3 270M).", ge=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackOptions(Checked):
+    """The extraction attack and the membership scores (eval's memorization suite, scan)."""
+
+    extraction_prefix: int = option(50, "Prefix tokens of the extraction attack (text tokens; BOS not counted).", ge=1)
+    extraction_suffix: int = option(50, "Suffix tokens that must be reproduced exactly; shorter samples are excluded and counted.", ge=1)
+    mia_k_percent: float = option(20.0, "k of min-k% and min-k%++.", gt=0, le=100)
 
 
 # --- unlearn -----------------------------------------------------------------------------------
@@ -425,15 +439,13 @@ DIALOGUE_FILES = ("reference/wizard_of_wikipedia.json", "reference/empathetic_di
 
 
 @dataclass(frozen=True, kw_only=True)
-class ForgetMeasurement(Checked):
+class ForgetMeasurement(AttackOptions):
     """How the forget set is read and measured, shared by `eval` and `attack`."""
 
     original: str | None = option(None, "The model it came from: evaluated beside it, and the judge of generation perplexity.")
     forget: str | None = option(None, "The texts that were to be forgotten (needed by the memorization and robustness suites); read with --split, --text-column, --npy-tokenizer.")
     reference: str | None = option(None, f"Unseen text: the 'forgotten' level and the MIA non-members (default {DEFAULT_REFERENCE}).")
     el_stride: int = option(10, "Score EL on every k-th prefix (1 = exact).", ge=1)
-    extraction_prefix: int = option(50, "Prefix tokens of the extraction attack (text tokens; BOS not counted).", ge=1)
-    extraction_suffix: int = option(50, "Suffix tokens that must be reproduced exactly; shorter samples are excluded and counted.", ge=1)
     seed: int = option(0, "Seed of every sampled quantity.")
     batch_size: int = option(8, "Sequences per teacher-forced pass.", ge=1)
     device: str | None = option(None, "cpu, cuda or cuda:N (default: the GPU when there is one).")
@@ -478,7 +490,6 @@ class EvalConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions, F
     greedy_el: bool = option(True, "Score greedy EL_n (--no-greedy-el: MA only; greedy decoding is the slow part on CPU).", negative="no-greedy-el")
     undial_el: bool = option(True, "Also report EL as the UNDIAL paper's code computes it (200 sampled tokens, top-k 50, top-p 0.95, cut every 40 tokens, n-gram precision).", negative="no-undial-el")
     undial_el_limit: int | None = option(None, "Score the UNDIAL-code EL on the first N forget samples only (the code's first batch of 32 pairs covers 8 samples of 200 tokens).", ge=1)
-    mia_k_percent: float = option(20.0, "k of min-k% and min-k%++.", gt=0, le=100)
     nlu_tasks: tuple[str, ...] | None = option(None, "NLU tasks, comma-separated (default: the paper's six).")
     nlu_limit: int | None = option(None, "A fixed seeded subset of N instances per task.", ge=1)
     nlu_dir: str | None = option(None, "Folder of NLU files (default nlu/ under the data location).")
@@ -575,6 +586,44 @@ class AuditConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions):
     json_path: str | None = option(None, "Write per-sample and mean results here.", flag="json")
 
 
+# The flag score: loss by default, the best of the four membership scores at telling Gemma-3
+# 270M's 32 extraction samples from unseen Pile text (AUC 0.80; min-k% 0.76, min-k%++ 0.74, zlib
+# 0.70: benchmarks/results/paired_comparison, the original model).
+SCAN_SCORES = ("loss", "min_k_plus_plus", "min_k", "zlib", "ma")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScanConfig(ModelOptions, SourceOptions, AttackOptions, RuntimeOptions):
+    """Every knob of `unmemorize scan`; recorded in OUT/scan.json."""
+
+    corpus: tuple[str, ...] = option((), "Corpus files or globs (.jsonl/.csv/.txt/.npy, datasets dirs; comma-separated or repeated), read as a stream.", required=True)
+    out: str = option(None, "Output directory: forget.jsonl, scan.jsonl, scan.json, report.md/html.", required=True)
+    window: int = option(200, "Tokens per window (the tokenizer's BOS included); longer documents are cut into several.", ge=2)
+    stride: int | None = option(None, "Tokens between the starts of consecutive windows of a document (default: the window's text tokens, no overlap).", ge=1)
+    reference: str | None = option(None, f"Unseen text the flags are calibrated on (default {DEFAULT_REFERENCE}, as eval's); the first window of each document.")
+    reference_limit: int = option(500, "Reference documents scored (at --fpr 0.01, 500 put the threshold at the 6th highest reference score).", ge=1)
+    score: str = option("loss", "The score that flags a window (higher: more likely memorized).", choices=SCAN_SCORES)
+    fpr: float = option(0.01, "Share of the reference's windows allowed above the flag threshold (false-positive rate).", gt=0, lt=1)
+    threshold: float | None = option(None, "Flag windows whose --score exceeds this number instead of calibrating on the reference (which is then not read).")
+    attack_fpr: float = option(0.05, "The extraction attack runs on windows above the reference's threshold at this rate (the candidates); a window it extracts is flagged too.", gt=0, lt=1)
+    pii: bool = option(False, "Find PII in flagged windows (the --focus pii detector; needs spaCy): their spans go to forget.jsonl, marked reproduced when the model predicts every token.")
+    show_text: bool = option(False, "Write window text to scan.jsonl and the report (forget.jsonl always has it).")
+    shard_documents: int = option(64, "Documents per shard: the unit of --resume and of data-parallel work.", ge=1)
+    batch_size: int = option(8, "Windows per teacher-forced pass.", ge=1)
+    resume: bool = option(False, "Continue a killed scan of the same options in --out from its finished shards.")
+    overwrite: bool = option(False, "Replace a non-empty --out directory.")
+    cpu: bool = option(False, "Run on the CPU even when a GPU is present.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.corpus:
+            raise UserError("--corpus needs at least one file")
+        if self.attack_fpr < self.fpr:
+            raise UserError(f"--attack-fpr {self.attack_fpr:g} must be at least --fpr {self.fpr:g}: the attack's candidates include every flagged window")
+        if self.resume and self.overwrite:
+            raise UserError("--resume continues the scan in --out and --overwrite replaces it: choose one")
+
+
 @dataclass(frozen=True, kw_only=True)
 class PlanConfig(ModelOptions, LengthOption, TrainingShape):
     """`unmemorize plan`: the memory a training process needs, before launching it."""
@@ -621,6 +670,9 @@ class DemoConfig(ModelOptions, RuntimeOptions):
     leak_batch_size: int = option(2, "Records per step of the leak fine-tune.", ge=1)
     leak_lora: bool = option(True, "The leak fine-tune trains LoRA adapters on every linear layer (merged), or every weight.", negative="leak-full")
     leak_lora_r: int = option(16, "LoRA rank of the leak fine-tune.", ge=1)
+    # Step 3 also scans the records (`unmemorize scan`, OUT/scan): a record is flagged when the
+    # model predicts more of its tokens than this share.
+    scan_ma: float = option(0.5, "MA above which the audit's scan flags a record as memorized (Gemma-3 270M's MA on unseen Pile text is about 0.41).", gt=0, lt=1)
     # Step 4, unlearning: deliberate imagination on the PII tokens of the forgotten customers.
     strength: float = option(20.0, "Imagination strength of the unlearning step.", gt=0)
     unlearn_lr: float = option(2e-3, "Learning rate of the unlearning step.", gt=0)

@@ -11,7 +11,9 @@ import json
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -55,37 +57,67 @@ def load_examples(
     - ``.npy``: token-id arrays (one row per example), decoded with ``npy_tokenizer``
       (default: the GPT-2 tokenizer under the data location).
     """
+    _check_reading(split, limit)
+    text = str(source)
+    if text.startswith("hf:"):
+        examples = _load_hub_dataset(text[3:], text_column)
+    elif _existing(source).is_dir():
+        examples = _load_dataset_dir(_existing(source), text_column)
+    else:
+        examples = list(islice(iter_examples(source, split=split, text_column=text_column,
+                                             npy_tokenizer=npy_tokenizer), limit))
+    if not examples:
+        raise UserError(f"no examples found in {source}")
+    return examples[:limit] if limit else examples
+
+
+def iter_examples(
+    source: str | Path,
+    *,
+    split: str = "lines",
+    text_column: str = "text",
+    npy_tokenizer: str | Path | None = None,
+) -> Iterator[Example]:
+    """The examples of :func:`load_examples`, one at a time: a file is read a line (a chunk of
+    token rows) at a time and a datasets directory or hub dataset is streamed, so memory stays
+    bounded by the longest example whatever the source's size."""
+    _check_reading(split, None)
+    text = str(source)
+    if text.startswith("hf:"):
+        yield from _stream_hub_dataset(text[3:], text_column)
+        return
+    path = _existing(source)
+    if path.is_dir():
+        yield from _stream_dataset_dir(path, text_column)
+        return
+    suffix = path.suffix.lower()
+    readers = {
+        ".jsonl": _load_jsonl,
+        ".json": _load_jsonl,
+        ".csv": lambda p: _load_csv(p, text_column),
+        ".txt": lambda p: _load_text(p, split),
+        ".npy": lambda p: _load_npy(p, npy_tokenizer),
+    }
+    if suffix not in readers:
+        raise UserError(
+            f"unsupported data file {path.name}: use .jsonl, .csv, .txt, .npy, "
+            "a saved datasets directory, or hf:NAME"
+        )
+    yield from readers[suffix](path)
+
+
+def _check_reading(split: str, limit: int | None) -> None:
     if split not in ("lines", "paragraphs"):
         raise UserError(f"--split must be 'lines' or 'paragraphs', not {split!r}")
     if limit is not None and limit < 1:
         raise UserError(f"limit must be at least 1, not {limit}")
-    text = str(source)
-    if text.startswith("hf:"):
-        examples = _load_hub_dataset(text[3:], text_column)
-    else:
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise UserError(f"data file not found: {path}")
-        if path.is_dir():
-            examples = _load_dataset_dir(path, text_column)
-        else:
-            suffix = path.suffix.lower()
-            loaders = {
-                ".jsonl": _load_jsonl,
-                ".json": _load_jsonl,
-                ".csv": lambda p: _load_csv(p, text_column),
-                ".txt": lambda p: _load_text(p, split),
-                ".npy": lambda p: _load_npy(p, npy_tokenizer, limit),
-            }
-            if suffix not in loaders:
-                raise UserError(
-                    f"unsupported data file {path.name}: use .jsonl, .csv, .txt, .npy, "
-                    "a saved datasets directory, or hf:NAME"
-                )
-            examples = loaders[suffix](path)
-    if not examples:
-        raise UserError(f"no examples found in {source}")
-    return examples[:limit] if limit else examples
+
+
+def _existing(source: str | Path) -> Path:
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise UserError(f"data file not found: {path}")
+    return path
 
 
 def read_examples(source: str | Path, options, limit: int | None = -1) -> list[Example]:
@@ -95,11 +127,17 @@ def read_examples(source: str | Path, options, limit: int | None = -1) -> list[E
                          npy_tokenizer=options.npy_tokenizer, limit=options.limit if limit == -1 else limit)
 
 
-def _read_text(path: Path) -> str:
+def _text_lines(path: Path) -> Iterator[str]:
+    """The file's text a line at a time (each with its line end), decoded as UTF-8."""
+    consumed = 0
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path} is not UTF-8 text (byte {err.start})") from None
+        with path.open("rb") as handle:
+            for raw in handle:
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise UserError(f"{path} is not UTF-8 text (byte {consumed + err.start})") from None
+                consumed += len(raw)
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror}") from None
 
@@ -125,9 +163,9 @@ def _parse_spans(raw: object, where: str, text: str) -> list[Span]:
     return spans
 
 
-def _load_jsonl(path: Path) -> list[Example]:
-    examples = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+def _load_jsonl(path: Path) -> Iterator[Example]:
+    count = 0
+    for number, line in enumerate(_lines(path), start=1):
         if not line.strip():
             continue
         where = f"{path.name} line {number}"
@@ -147,23 +185,28 @@ def _load_jsonl(path: Path) -> list[Example]:
             raise UserError(f"{where}: needs a 'text' field, or 'prefix' and 'suffix'")
         if not isinstance(text, str):
             raise UserError(f"{where}: text must be a string")
-        ident = str(record.get("id", record.get("doc_id", len(examples))))
+        ident = str(record.get("id", record.get("doc_id", count)))
         spans = _parse_spans(record.get("spans"), where, text)
-        examples.append(Example(text=text, id=ident, spans=spans, prefix_chars=prefix_chars))
-    return examples
+        count += 1
+        yield Example(text=text, id=ident, spans=spans, prefix_chars=prefix_chars)
 
 
-def _load_csv(path: Path, text_column: str) -> list[Example]:
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of ``str.splitlines()`` on the whole text, without holding it."""
+    for chunk in _text_lines(path):
+        yield from chunk.splitlines()
+
+
+def _load_csv(path: Path, text_column: str) -> Iterator[Example]:
     csv.field_size_limit(sys.maxsize)  # Pile documents exceed the 128 KiB default
-    rows = list(csv.DictReader(_read_text(path).splitlines(keepends=True)))
-    if not rows or text_column not in rows[0]:
-        columns = ", ".join(_column_label(c, i) for i, c in enumerate(rows[0].keys() if rows else []) if c) or "none"
-        raise UserError(f"{path.name} has no {text_column!r} column (columns: {columns}); pass --text-column")
-    examples = []
-    for index, row in enumerate(rows):
+    reader = csv.DictReader(_text_lines(path))
+    columns = reader.fieldnames or []
+    if text_column not in columns:
+        shown = ", ".join(_column_label(c, i) for i, c in enumerate(columns) if c) or "none"
+        raise UserError(f"{path.name} has no {text_column!r} column (columns: {shown}); pass --text-column")
+    for index, row in enumerate(reader):
         ident = row.get("doc_id") or row.get("id") or str(index)
-        examples.append(Example(text=row[text_column] or "", id=str(ident)))
-    return examples
+        yield Example(text=row[text_column] or "", id=str(ident))
 
 
 def _column_label(name: str, index: int) -> str:
@@ -174,22 +217,34 @@ def _column_label(name: str, index: int) -> str:
     return f"<column {index + 1}>"
 
 
-def _load_text(path: Path, split: str) -> list[Example]:
-    content = _read_text(path)
-    if split == "paragraphs":
-        parts = [p.strip() for p in content.replace("\r\n", "\n").split("\n\n")]
-    else:
-        parts = [line.strip() for line in content.splitlines()]
-    return [Example(text=p, id=str(i)) for i, p in enumerate(q for q in parts if q)]
+def _load_text(path: Path, split: str) -> Iterator[Example]:
+    parts = _paragraphs(path) if split == "paragraphs" else (line.strip() for line in _lines(path))
+    for index, part in enumerate(p for p in parts if p):
+        yield Example(text=part, id=str(index))
 
 
-def _load_npy(path: Path, tokenizer_path: str | Path | None, limit: int | None) -> list[Example]:
+def _paragraphs(path: Path) -> Iterator[str]:
+    """The parts of the text (CRLF read as LF) between blank lines, stripped."""
+    pending = ""
+    for chunk in _text_lines(path):
+        pending += chunk.replace("\r\n", "\n")
+        while "\n\n" in pending:
+            part, pending = pending.split("\n\n", 1)
+            yield part.strip()
+    yield pending.strip()
+
+
+# Token rows decoded at a time from a .npy file (memory-mapped, never read whole).
+_NPY_ROWS = 256
+
+
+def _load_npy(path: Path, tokenizer_path: str | Path | None) -> Iterator[Example]:
     import numpy as np
 
     from .models import load_tokenizer
 
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError) as err:
         raise UserError(f"cannot read token array {path.name}: {err}") from None
     if array.ndim == 1:
@@ -203,9 +258,11 @@ def _load_npy(path: Path, tokenizer_path: str | Path | None, limit: int | None) 
                 f"{path.name} holds token ids: pass the tokenizer that made them (--npy-tokenizer)"
             )
     tokenizer = load_tokenizer(str(tokenizer_path))
-    array = array[:limit] if limit else array  # decode only what is used
-    texts = tokenizer.batch_decode(array.tolist(), clean_up_tokenization_spaces=True)
-    return [Example(text=t, id=str(i)) for i, t in enumerate(texts)]
+    for start in range(0, len(array), _NPY_ROWS):
+        rows = np.asarray(array[start : start + _NPY_ROWS]).tolist()
+        texts = tokenizer.batch_decode(rows, clean_up_tokenization_spaces=True)
+        for offset, text in enumerate(texts):
+            yield Example(text=text, id=str(start + offset))
 
 
 def _records_to_examples(records, text_column: str, name: str) -> list[Example]:
@@ -232,6 +289,43 @@ def _load_dataset_dir(path: Path, text_column: str) -> list[Example]:
         if isinstance(records, datasets.DatasetDict):
             records = records["train"] if "train" in records else next(iter(records.values()))
         return _records_to_examples(records, text_column, str(path))
+
+
+def _stream_dataset_dir(path: Path, text_column: str) -> Iterator[Example]:
+    import datasets
+
+    try:
+        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+            records = datasets.load_from_disk(str(path))  # memory-mapped Arrow files
+            if isinstance(records, datasets.DatasetDict):
+                records = records["train"] if "train" in records else next(iter(records.values()))
+        else:  # streamed: no Arrow copy of the data is written to a cache
+            records = datasets.load_dataset(str(path), split="train", streaming=True)
+    except Exception as err:  # datasets raises many types; their messages may quote the data
+        detail = f": {_first_line(err)}" if isinstance(err, FileNotFoundError) else ""
+        raise UserError(f"cannot load dataset directory {path} ({type(err).__name__}){detail}") from None
+    yield from _stream_records(records, text_column, str(path))
+
+
+def _stream_records(records, text_column: str, name: str) -> Iterator[Example]:
+    columns = records.column_names
+    if columns is not None and text_column not in columns:
+        raise UserError(f"dataset {name} has no {text_column!r} column (columns: {', '.join(columns)})")
+    for index, record in enumerate(records):
+        if text_column not in record:
+            raise UserError(f"dataset {name} has no {text_column!r} column")
+        yield Example(text=str(record[text_column]), id=str(index))
+
+
+def _stream_hub_dataset(spec: str, text_column: str) -> Iterator[Example]:
+    import datasets
+
+    name, _, split = spec.partition(":")
+    try:
+        records = datasets.load_dataset(name, split=split or "train", streaming=True)
+    except Exception as err:  # the hub raises many types; all mean "not available here"
+        raise UserError(f"dataset {name!r} could not be loaded from the hub ({type(err).__name__}); pass a local file") from None
+    yield from _stream_records(records, text_column, name)
 
 
 def _first_line(error: BaseException) -> str:
@@ -296,3 +390,67 @@ def collate(
         loss_weights[row, :n] = torch.tensor(w, dtype=torch.float32)
         loss_weights[row, 0] = 0.0
     return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_weights": loss_weights}
+
+
+# --- windows of long documents (scan) ------------------------------------------------------
+
+
+@dataclass
+class Window:
+    """A piece of a document as the model reads it: the tokenizer's leading specials (BOS) and
+    up to ``window`` minus their number of the document's tokens. ``char_start``/``char_end``
+    are character offsets into the document's text, so ``document.text[char_start:char_end]``
+    is the window's text."""
+
+    document: str  # the document's id
+    index: int  # the window's number within its document
+    input_ids: list[int]
+    offsets: list[Span]  # character span of each token in the window's text; (0, 0) for specials
+    char_start: int
+    char_end: int
+    text: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.document}#{self.index}"
+
+
+def leading_specials(tokenizer) -> list[int]:
+    """The ids the tokenizer puts before any text (BOS), found by encoding with and without them."""
+    probe = "a"
+    with_specials = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    for start in range(len(with_specials) - len(plain) + 1):
+        if with_specials[start : start + len(plain)] == plain:
+            return list(with_specials[:start])
+    return []
+
+
+def document_windows(example: Example, tokenizer, window: int, stride: int | None = None,
+                     specials: list[int] | None = None) -> list[Window]:
+    """``example`` cut into windows of ``window`` tokens (``specials`` first, by default the
+    tokenizer's :func:`leading_specials`), starting every ``stride`` text tokens (default: the
+    window's text tokens, no overlap), and a last full window ending at the document's end when
+    the strides do not reach it; a document shorter than a window is one window. A window has
+    at least 2 tokens (a document of one token and no BOS gives none)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError("this tokenizer has no fast implementation; character offsets are needed")
+    specials = leading_specials(tokenizer) if specials is None else specials
+    size = window - len(specials)
+    if size < 1:
+        raise UserError(f"--window {window} leaves no room for text after the tokenizer's {len(specials)} leading token(s)")
+    stride = stride or size
+    encoded = tokenizer(example.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], [tuple(o) for o in encoded["offset_mapping"]]
+    starts = list(range(0, max(len(ids) - size, 0) + 1, stride))
+    if starts[-1] + size < len(ids):
+        starts.append(len(ids) - size)  # a full window ending at the document's end
+    windows = []
+    for number, start in enumerate(starts):
+        end = min(start + size, len(ids))
+        if len(specials) + end - start >= 2:
+            first, last = offsets[start][0], offsets[end - 1][1]
+            windows.append(Window(example.id, number, specials + ids[start:end],
+                                  [(0, 0)] * len(specials) + [(a - first, b - first) for a, b in offsets[start:end]],
+                                  first, last, example.text[first:last]))
+    return windows

@@ -100,11 +100,19 @@ def relative_to(data, directory: Path):
 def write_atomic(path: Path, content: str | bytes) -> None:
     """Write under a temporary name beside ``path``, then rename: never half a file."""
     data = content.encode("utf-8") if isinstance(content, str) else content
+    with atomic_file(path) as file:
+        file.write(data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """A binary file to write ``path`` through piece by piece: written under a temporary name
+    beside it and renamed when the block ends without an error (removed otherwise)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
-            file.write(data)
+            yield file
         # mkstemp makes the file private (0600); an output file gets the permissions any new
         # file gets (the umask), like the folder it is in.
         os.chmod(tmp, 0o666 & ~_umask())

@@ -14,7 +14,7 @@ import click
 
 from ..config import (
     AttackConfig, AuditConfig, CompareOptions, DemoConfig, EvalConfig, EvalOutputs, FollowUpEvaluation, PlanConfig,
-    ReportOptions, RuntimeOptions, UnlearnConfig,
+    ReportOptions, RuntimeOptions, ScanConfig, UnlearnConfig,
 )
 from ..errors import UserError
 from . import commands
@@ -42,6 +42,15 @@ COMMANDS = (
     Command("audit", (AuditConfig,), commands.audit,
             "Measure memorization (MA, EL_n) of a model on a set of texts, per sample and on average.",
             "Example: unmemorize audit --model gemma-3-270m --data forget.csv --el-n 10 --json audit.json"),
+    Command("scan", (ScanConfig,), commands.scan,
+            "Find what a model memorized in a corpus, and write it as a forget set.\n\n"
+            "Cuts each document into token windows, scores every window (MA, loss, zlib, min-k%, min-k%++) in one "
+            "teacher-forced pass, flags those above the unseen reference text's level at --fpr, runs the extraction "
+            "attack on the highest-scoring, and writes OUT/forget.jsonl (which `unlearn --forget` takes as it is), "
+            "OUT/scan.jsonl (every window's scores, no text unless --show-text) and a redacted report. "
+            "Resumable (--resume) and data-parallel under torchrun or accelerate launch.",
+            "Example: unmemorize scan --model gemma-3-270m --corpus 'data/*.jsonl' --pii --out scan && "
+            "unmemorize unlearn --forget scan/forget.jsonl --focus spans --out forgot"),
     Command("eval", (EvalConfig, EvalOutputs), commands.evaluate,
             "Evaluate memorization and privacy leaks, NLU, generation and dialogue; original vs unlearned.",
             "Example: unmemorize eval --model runs/forgot --original gemma-3-270m --forget forget.csv "

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from ..config import (
     DEFAULT_FORGET, AttackConfig, AuditConfig, CompareOptions, DemoConfig, EvalConfig, EvalOutputs, FollowUpEvaluation,
-    PlanConfig, ReportOptions, UnlearnConfig, evaluation_after, evaluation_setting, quick_evaluation,
+    PlanConfig, ReportOptions, ScanConfig, UnlearnConfig, evaluation_after, evaluation_setting, quick_evaluation,
 )
 from ..errors import UserError
 from ..paths import data_path, write_json
 
 from .render import (
-    RichEvents, attack_table, audit_table, comparison_table, demo_summary, err, evaluation_table, out, plan_table, print_verdict, unlearn_summary,
+    RichEvents, attack_table, audit_table, comparison_table, demo_summary, err, evaluation_table, out, plan_table, print_verdict, scan_table, unlearn_summary,
     write_report,
 )
 
@@ -119,6 +119,21 @@ def audit(config: AuditConfig, explicit: set[str]) -> None:
     out.print(audit_table(payload, f"Memorization of {Path(config.data).name} under {config.model}"))
     if config.json_path:
         out.print(f"written {config.json_path}", highlight=False)
+
+
+def scan(config: ScanConfig, explicit: set[str]) -> None:
+    from ..recipes.scan import run_scan
+
+    summary = run_scan(config, RichEvents())
+    if summary is None:  # a data-parallel process other than the first: the first writes
+        return
+    out.print(scan_table(summary))
+    timing = summary["timing"]
+    out.print(f"{summary['windows']} windows, {summary['tokens']} tokens in {timing['wall_s']:.0f} s "
+              f"({timing['windows_per_s']:.2f} windows/s, {timing['tokens_per_s']:.0f} tokens/s); "
+              f"written to {config.out}: forget.jsonl ({summary['flagged']} windows), scan.jsonl, scan.json",
+              highlight=False)
+    write_report(Path(config.out), config.show_text)
 
 
 def report(options: ReportOptions, explicit: set[str]) -> None:

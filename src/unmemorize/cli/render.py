@@ -249,3 +249,21 @@ def plan_table(plan: dict) -> Table:
     table.add_section()
     table.add_row("total", *(f"{column['total'] / 2**30:.2f} GiB" for _, column in columns))
     return table
+
+
+def scan_table(summary: dict) -> Table:
+    """The highest-scoring flagged windows of a scan (ids and scores; text only with --show-text)."""
+    score = summary["score"]
+    table = Table(title=f"Flagged windows: {summary['flagged']} of {summary['windows']} "
+                        f"({summary['documents']} documents), by {score}")
+    for column in ("window", "chars", score, "MA", "extracted", "PII", *(("text",) if any("text" in r for r in summary["top"]) else ())):
+        table.add_column(column, justify="right" if column in ("chars", score, "MA") else "left")
+    for row in summary["top"]:
+        attack = row.get("extraction")
+        extracted = "-" if attack is None else "yes" if attack["exact"] else f"{attack['longest_prefix_match']} tok"
+        cells = [escape(str(row["id"])), str(row["chars"]), f"{row[score]:.3f}", f"{row['ma']:.3f}", extracted,
+                 ", ".join(row["pii"]) or "-"]
+        if "text" in row:
+            cells.append(escape(row["text"][:80]))
+        table.add_row(*cells)
+    return table

@@ -78,6 +78,8 @@ class MemorizationResult:
     membership: dict[str, list[float]] | None = None
     extraction: dict | None = None
     undial_el: list[list[float]] | None = None
+    # The greedy teacher-forced predictions argmax p(.|x_<t), t = 1..T-1, per sample.
+    predictions: list[list[int]] | None = None
 
     def means(self) -> dict[str, float]:
         """Mean over samples: ``{"ma": ..., "el_10": ...}``; NaN when there are no samples."""

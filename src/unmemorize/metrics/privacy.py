@@ -624,7 +624,8 @@ def memorization_report(
             keep_states=bool(ns or extraction or sampled),
             statistics=_position_statistics if texts is not None else None,
         )
-        result = MemorizationResult(ma=[_accuracy(s, p, ma_start) for s, p in zip(sequences, prepared.predictions)])
+        result = MemorizationResult(ma=[_accuracy(s, p, ma_start) for s, p in zip(sequences, prepared.predictions)],
+                                    predictions=prepared.predictions)
         if texts is not None:
             result.membership = membership_from(prepared, texts, k_percent)
         first = first_mismatches(sequences, prepared.predictions)

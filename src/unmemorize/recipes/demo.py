@@ -8,7 +8,9 @@
    data in training. The result is cached, so a second run starts at step 3.
 3. **Audit**: the attacker knows a customer's name and asks the model to complete
    ``Customer record: <name>``; a PII value *leaks* when it appears verbatim in the greedy
-   completion. Memorization accuracy (MA) is measured on the forgotten and the kept records.
+   completion. Memorization accuracy (MA) is measured on the forgotten and the kept records, and
+   ``unmemorize scan`` of the records (``OUT/scan``) shows which records and PII spans the model
+   reproduces, as a privacy engineer would find them without knowing which leak.
 4. **Unlearn** the customers to forget with deliberate imagination, focused on their PII
    (``--focus pii``, hard): the leaky model is the teacher, its PII tokens made unlikely; the
    kept customers' records are the retain text.
@@ -17,7 +19,7 @@
    (perplexity on a few WikiText documents).
 
 The output directory holds ``demo.json`` (the schema the report renders), ``corpus.jsonl`` (the
-synthetic records) and ``unlearned-model/`` (the unlearned model, its metrics and config). It is
+synthetic records), ``scan/`` (the scan's forget set and report) and ``unlearned-model/`` (the unlearned model, its metrics and config). It is
 written under a temporary name and renamed when complete: an interrupted run leaves any earlier
 demo directory as it was.
 """
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import DemoConfig, UnlearnConfig
+from ..config import DemoConfig, ScanConfig, UnlearnConfig
 from ..data import Example, load_examples, tokenize_examples
 from ..errors import UserError
 from ..events import Events
@@ -262,6 +264,24 @@ def audit_directory(path: Path, forgotten, kept, texts, config: DemoConfig, even
     return audit(loaded.model, loaded.tokenizer, forgotten, kept, texts, config, events, label)
 
 
+def scan_records(config: DemoConfig, leaky: Path, staging: Path, events: Events) -> dict:
+    """`unmemorize scan` of the records with the leaky model (OUT/scan): which records it
+    reproduces (MA above ``config.scan_ma``) and which of their PII values; the records are
+    synthetic, so the scan keeps their text."""
+    from .scan import run_scan
+
+    summary = run_scan(ScanConfig(model=str(leaky), corpus=(str(staging / "corpus.jsonl"),), out=str(staging / "scan"),
+                                  score="ma", threshold=config.scan_ma, pii=True, window=512, show_text=True,
+                                  extraction_prefix=16, extraction_suffix=16, threads=config.threads), events)
+    flagged = [json.loads(line) for line in (staging / "scan" / "forget.jsonl").read_text(encoding="utf-8").splitlines()]
+    reproduced = sum(s["reproduced"] for record in flagged for s in record["spans"])
+    spans = sum(len(record["spans"]) for record in flagged)
+    events.message(f"scan: {len(flagged)} of {summary['windows']} records memorized (MA > {config.scan_ma:g}); "
+                   f"{reproduced} of the {spans} PII spans in them reproduced token for token")
+    return {"flagged": [record["document"] for record in flagged], "records": summary["windows"],
+            "threshold_ma": config.scan_ma, "pii_spans": spans, "pii_reproduced": reproduced}
+
+
 # --- the story --------------------------------------------------------------------------
 
 
@@ -449,6 +469,7 @@ def run_demo(config: DemoConfig, events: Events | None = None) -> dict:
         with stages("audit_before", "audit: what the model completes from a customer's name"):
             before = audit_directory(leaky, forgotten, kept, texts, config, events, "before")
             events.leaks("Before unlearning: the forgotten customers' PII", before.forgotten)
+            scanned = scan_records(config, leaky, staging, events)
         with stages("unlearn", "unlearn the forgotten customers: deliberate imagination on their PII"):
             rounds = _unlearn_forgotten(config, leaky, forgotten, kept, records, staging, events)
         with stages("audit_after", "re-audit: forgotten and kept customers, general text"):
@@ -464,6 +485,7 @@ def run_demo(config: DemoConfig, events: Events | None = None) -> dict:
             "leak_before": before.forgotten,
             "leak_after": after.forgotten,
             "unlearning_rounds": [{k: v for k, v in r.items() if k != "leaks"} for r in rounds],
+            "scan": scanned,
             "summary": summary,
             "timings_s": stages.timings,
             "passed": passed(summary, config.kept_share),

@@ -114,6 +114,28 @@ def before_after_bars(groups: Sequence[str], before: Sequence[float], after: Seq
     return _png(figure)
 
 
+def score_histograms(edges: Sequence[float], corpus: Sequence[int], reference: Sequence[int],
+                     score: str, threshold: float | None) -> bytes:
+    """A scan's score distribution: the corpus's and the reference's counts per bin, each as a
+    share of its own windows, and the flag threshold."""
+    figure = Figure(figsize=(6.4, 3.2))
+    ax = figure.subplots()
+    widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
+    for counts, color, label in ((reference, REFERENCE_COLOR, "reference (unseen)"), (corpus, AFTER_COLOR, "corpus")):
+        total = sum(counts)
+        if total:
+            ax.bar(edges[:-1], [c / total for c in counts], widths, align="edge", color=color, alpha=0.55,
+                   label=f"{label}, {total} windows")
+    if threshold is not None and finite(threshold):
+        ax.axvline(threshold, color=THRESHOLD_COLOR, linestyle="--", label="flag threshold")
+    ax.set_xlabel(score)
+    ax.set_ylabel("share of windows")
+    ax.set_title("Scores of the corpus and of unseen text")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(figure)
+
+
 # y panels of the trade-off plot, in order of preference: (row key, axis label)
 UTILITY_PANELS = [
     ("nlu_avg", "NLU average accuracy (↑)"),

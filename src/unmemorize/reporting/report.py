@@ -8,7 +8,8 @@ can re-render it at any time:
 - ``metrics.json`` + ``unlearn_config.json`` (+ ``samples.json``, ``eval.json``): an unlearning run;
 - ``eval.json`` (or another JSON written by ``unmemorize eval --json``): an evaluation;
 - ``comparison.json`` (+ ``tradeoff.png``, ``tradeoff.csv``): a comparison of methods;
-- ``demo.json``: the end-to-end demo.
+- ``demo.json``: the end-to-end demo;
+- ``scan.json``: a scan of a corpus for memorized windows.
 
 Forget-set text is sensitive. Unless a run was asked for it (``--show-text``), no text of the
 forget set is stored in the run directory: ``samples.json`` holds, for a few forget prefixes,
@@ -32,7 +33,7 @@ from ..errors import UserError
 from ..paths import relative_to, write_atomic
 from .formatting import finite, fmt, gib, md_text, metric_label
 from .tables import signed
-from .verdict import comparison_verdict, demo_verdict, evaluation_verdict, unlearning_verdict
+from .verdict import comparison_verdict, demo_verdict, evaluation_verdict, scan_verdict, unlearning_verdict
 
 REPORT_MD, REPORT_HTML, MODEL_CARD = "report.md", "report.html", "README.md"
 ASSETS_DIR = "report_files"  # the PNGs report.md links to (report.html inlines them)
@@ -41,7 +42,8 @@ MATCH, MISS = "█", "·"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The verdict line's colour (text and bar) by status; no other rule of the page uses these.
 VERDICT_COLORS = {"forgotten": "#0e6655", "pass": "#0e6655", "not forgotten": "#943126", "fail": "#943126",
-                  "partly forgotten": "#7e5109", "not assessed": "#7e5109"}
+                  "partly forgotten": "#7e5109", "not assessed": "#7e5109", "memorized text found": "#943126",
+                  "nothing flagged": "#0e6655"}
 # A fall-back scan for an evaluation JSON under another name reads no file larger than this
 # (a model directory's tokenizer.json is tens of MB).
 _MAX_SCANNED_JSON = 5 * 2**20
@@ -408,7 +410,7 @@ def _demo_context(demo: dict, figures: _Figures) -> dict:
         "forgotten": demo.get("forgotten_customers") or [], "kept": demo.get("kept_customers") or [],
         "summary": rows, "timings": list((demo.get("timings_s") or {}).items()),
         "leak_before": leaks(demo.get("leak_before")), "leak_after": leaks(demo.get("leak_after")),
-        "figure": figure,
+        "figure": figure, "scan": demo.get("scan"),
     }
 
 
@@ -427,7 +429,8 @@ def _provenance(source: str, environment: Any) -> dict | None:
     }
 
 
-def _report_verdict(kind: str, unlearn: dict | None, report: dict | None, comparison: Any, demo: Any) -> dict:
+def _report_verdict(kind: str, unlearn: dict | None, report: dict | None, comparison: Any, demo: Any,
+                    scan: Any = None) -> dict:
     """The one line the report opens with (reporting.verdict), for the report's kind."""
     if kind == "unlearn" and unlearn is not None:
         return unlearn["verdict"]
@@ -435,7 +438,32 @@ def _report_verdict(kind: str, unlearn: dict | None, report: dict | None, compar
         return comparison_verdict(comparison if isinstance(comparison, dict) else {})
     if kind == "demo":
         return demo_verdict(demo)
+    if kind == "scan":
+        return scan_verdict(scan)
     return evaluation_verdict(report or {})
+
+
+def _scan_context(run_dir: Path, figures: _Figures, show_text: bool) -> dict:
+    """A scan's summary (scan.json): counts, thresholds, the ranked flagged windows (text only
+    when both the scan and the report were asked for it) and the PII found."""
+    from .plots import score_histograms
+
+    scan = _read_json(run_dir / "scan.json")
+    histogram, threshold = scan.get("histogram"), scan["threshold"]
+    figure = None
+    if histogram:
+        figure = figures.add("scan_scores", "Scores of the corpus and of unseen text", score_histograms(
+            histogram["edges"], histogram["corpus"], histogram["reference"], histogram["score"], threshold["threshold"]))
+    rows = [{**row, "text": row.get("text") if show_text else None} for row in scan["top"]]
+    counts = [("documents", scan["documents"]), ("windows", scan["windows"]), ("tokens", scan["tokens"]),
+              ("attacked (candidates)", scan["candidates"]), ("extracted verbatim", scan["extracted"]),
+              ("flagged", scan["flagged"]), ("flag score", scan["score"]), ("flag threshold", threshold["threshold"]),
+              ("wall time (s)", scan["timing"]["wall_s"]), ("windows/s", scan["timing"]["windows_per_s"]),
+              ("tokens/s", scan["timing"]["tokens_per_s"]), ("processes", scan["timing"]["processes"])]
+    if not threshold.get("explicit"):
+        counts[7:7] = [("false-positive rate", threshold["fpr"]), ("reference windows", threshold["reference"])]
+    return {"model": scan["model"], "counts": counts, "rows": rows, "score": scan["score"], "figure": figure,
+            "pii": sorted((scan.get("pii") or {}).items()), "pii_scanned": scan.get("pii") is not None}
 
 
 # --- rendering -----------------------------------------------------------------------------
@@ -463,15 +491,16 @@ def _environment(autoescape: bool) -> jinja2.Environment:
 def _title(kind: str, unlearn: dict | None) -> str:
     if kind == "unlearn" and unlearn is not None:
         return f"Unlearning report: {unlearn['model']} ({unlearn['method']})"
-    return {"eval": "Evaluation report", "compare": "Comparison report", "demo": "Demo report"}.get(kind, "Report")
+    return {"eval": "Evaluation report", "compare": "Comparison report", "demo": "Demo report",
+            "scan": "Scan report"}.get(kind, "Report")
 
 
 def _read_run(run_dir: Path, eval_path: Path | None, show_text: bool, figures: _Figures) -> dict:
     """Every file of the run read, its paths made relative to ``run_dir``, and the context of
     each section; a file of another version or edited by hand gives one clear error."""
     metrics_path = run_dir / "metrics.json"
-    read: dict[str, Any] = {"metrics": None, "config": None, "report": None, "comparison": None, "demo": None}
-    sections: dict[str, Any] = {"unlearn": None, "eval": None, "compare": None, "demo": None}
+    read: dict[str, Any] = {"metrics": None, "config": None, "report": None, "comparison": None, "demo": None, "scan": None}
+    sections: dict[str, Any] = {"unlearn": None, "eval": None, "compare": None, "demo": None, "scan": None}
     reading = metrics_path
     try:
         if metrics_path.is_file():
@@ -502,9 +531,14 @@ def _read_run(run_dir: Path, eval_path: Path | None, show_text: bool, figures: _
             read["demo"] = {**relative_to({k: v for k, v in demo.items() if not k.startswith("leak_")}, run_dir),
                             **{k: v for k, v in demo.items() if k.startswith("leak_")}}
             sections["demo"] = _demo_context(read["demo"], figures)
+        reading = run_dir / "scan.json"
+        if reading.is_file():
+            read["scan"] = _read_json(reading)
+            sections["scan"] = _scan_context(run_dir, figures, show_text)
         kind = ("unlearn" if sections["unlearn"] else "compare" if sections["compare"] else
-                "demo" if sections["demo"] else "eval")
-        verdict = _report_verdict(kind, sections["unlearn"], read["report"], read["comparison"], read["demo"])
+                "demo" if sections["demo"] else "scan" if sections["scan"] else "eval")
+        verdict = _report_verdict(kind, sections["unlearn"], read["report"], read["comparison"], read["demo"],
+                                  read["scan"])
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
         raise UserError(f"cannot render a report from {reading}: unexpected content "
                         f"({type(error).__name__}: {error})") from None
@@ -527,8 +561,8 @@ def write_report(run_dir: Path, show_text: bool = False, *, eval_json: Path | No
         raise UserError(f"{run_dir} is not a directory")
     eval_path = Path(eval_json) if eval_json is not None else _find_eval_json(run_dir)
     if not ((run_dir / "metrics.json").is_file() or eval_path or (run_dir / "comparison.json").is_file()
-            or (run_dir / "demo.json").is_file()):
-        raise UserError(f"no metrics.json, eval.json or comparison.json in {run_dir}: not an unmemorize run directory")
+            or (run_dir / "demo.json").is_file() or (run_dir / "scan.json").is_file()):
+        raise UserError(f"no metrics.json, eval.json, comparison.json or scan.json in {run_dir}: not an unmemorize run directory")
     figures = _Figures()
     run = _read_run(run_dir, eval_path, show_text, figures)
     context = {
@@ -536,6 +570,7 @@ def write_report(run_dir: Path, show_text: bool = False, *, eval_json: Path | No
         "directory": run_dir.name, "verdict": run["verdict"], "verdict_colors": VERDICT_COLORS,
         "provenance": run["provenance"],
         "unlearn": run["unlearn"], "eval": run["eval"], "compare": run["compare"], "demo": run["demo"],
+        "scan": run["scan"],
         "match_symbol": MATCH, "miss_symbol": MISS,
     }
     if "tradeoff" in figures.items:

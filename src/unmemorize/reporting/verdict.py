@@ -157,6 +157,21 @@ def demo_verdict(demo: dict) -> dict:
     return {"status": status, "line": str(line)}
 
 
+def scan_verdict(scan: dict) -> dict:
+    """``{"status", "line"}`` of scan.json: how many windows of the corpus the model reproduces
+    beyond unseen text at the scan's false-positive rate (or explicit threshold), and how many
+    the extraction attack reproduced verbatim."""
+    threshold = scan.get("threshold") or {}
+    rule = (f"{scan.get('score')} above {fmt(threshold.get('threshold'))}" if threshold.get("explicit") else
+            f"{scan.get('score')} beyond unseen text at a false-positive rate of {fmt(threshold.get('fpr'))}")
+    flagged = scan.get("flagged") or 0
+    status = "memorized text found" if flagged else "nothing flagged"
+    return {"status": status, "line": (
+        f"{status.capitalize()}: {flagged} of {scan.get('windows')} windows ({scan.get('documents')} documents) "
+        f"flagged by {rule}; {scan.get('extracted')} reproduced verbatim by the extraction attack. "
+        "Flagged windows are in forget.jsonl.")}
+
+
 def utility_cost(evaluation: dict | None) -> str:
     """Δ held-out perplexity and Δ NLU average from an evaluation beside the original, or "not
     measured"; each with the paired change on the same items and its 95 % interval when the
