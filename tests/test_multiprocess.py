@@ -194,6 +194,9 @@ def test_audit_and_eval_on_two_processes_give_the_single_process_results(tiny_mo
     assert any(sample["el_2"] > 0 for sample in merged["samples"])
     assert (tmp_path / "audit2.json").read_bytes() == (tmp_path / "audit1.json").read_bytes()
     merged, single = (json.loads((tmp_path / f"eval{n}.json").read_text()) for n in (2, 1))
+    # When and with how many threads each ran differ; what was measured, and on which weights, not.
+    environments = [report.pop("environment") for report in (merged, single)]
+    assert environments[0]["weights_sha256"] == environments[1]["weights_sha256"]
     for report in (merged, single):
         report.pop("timings_s"), report.pop("wall_time_s")
     assert merged == single

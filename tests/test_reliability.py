@@ -200,7 +200,7 @@ def test_resume_refuses_other_options_or_data(tiny_models, forget_file, tmp_path
         unlearn(UnlearnConfig(**common), InterruptAt(step=3))
     with pytest.raises(UserError, match=r"--resume: --lr is 0\.02 here but 0\.01 in the checkpoint"):
         unlearn(UnlearnConfig(**{**common, "lr": 0.02}, resume=True))
-    with pytest.raises(UserError, match=r"--resume: --strength is 5\.0 here but 3\.0"):
+    with pytest.raises(UserError, match=r"--resume: --strength is 5\.0 here but 10\.0"):
         unlearn(UnlearnConfig(**common, imagination_strength=5.0, resume=True))
     other = tmp_path / "other.jsonl"
     other.write_text(forget_file.read_text() + "\n" + json.dumps({"text": "One more line to forget."}))
