@@ -24,9 +24,10 @@ def model_pair(model_dir, softcap: float | None = None):
     teacher = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64).eval()
     if softcap is not None:
         teacher.config.final_logit_softcapping = softcap
+    g = torch.Generator().manual_seed(0)  # the same student whichever test ran before
     with torch.no_grad():  # the student has moved away from the teacher
         for p in student.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05)
     return student, teacher
 
 
@@ -95,6 +96,27 @@ def test_chunked_forget_loss_equals_the_plain_path(tiny_model_dir, name, params,
                 plain(method, False, student, teacher, batch, scale))
 
 
+def test_chunked_joint_lowering_equals_the_plain_path(tiny_model_dir, monkeypatch):
+    """--joint-lowering: several lowered tokens per position, the same in both paths."""
+    from unmemorize.training.forget_set import shared_context_tokens
+
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 3 * 400)
+    method = get_method("di", imagination_strength=3.0)
+    student, teacher = model_pair(tiny_model_dir)
+    batch = make_batch(student.config.vocab_size, "hard")
+    batch["input_ids"][1, :4] = batch["input_ids"][0, :4]  # rows 0 and 1 share a context
+    weights = batch["loss_weights"].tolist()
+    lowered = shared_context_tokens(batch["input_ids"].tolist(), weights, [0, 1, 2])
+    width = max(len(s) for row in lowered for s in row)
+    assert width > 1
+    batch["lowered_ids"] = torch.tensor([[s + [s[0]] * (width - len(s)) for s in row] for row in lowered])
+    scale = torch.tensor(0.37, dtype=torch.float64)
+    joint = by_chunks(method, False, student, teacher, batch, scale)
+    assert_same(joint, plain(method, False, student, teacher, batch, scale))
+    single = plain(method, False, student, teacher, {k: v for k, v in batch.items() if k != "lowered_ids"}, scale)
+    assert joint[0] != pytest.approx(single[0], rel=1e-6)
+
+
 @pytest.mark.parametrize("name", ["gd", "kl"])
 def test_chunked_retain_terms_equal_the_plain_path(tiny_model_dir, name, monkeypatch):
     monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 5 * 400)
@@ -145,10 +167,15 @@ def test_bfloat16_autocast_keeps_the_loss_in_float32(tiny_models):
     exact = by_chunks(method, False, student, teacher, batch, 1.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         half = by_chunks(method, False, student, teacher, batch, 1.0)
+        half_plain = plain(method, False, student, teacher, batch, 1.0)
     assert half[0] == pytest.approx(exact[0], rel=2e-2)
     for name in exact[1]:
         assert half[1][name].dtype == torch.float32
-        assert ((half[1][name] - exact[1][name]).norm() / exact[1][name].norm()).item() < 0.1, name
+        # bfloat16 forward passes move the gradient; the chunked loss adds no error of its own
+        # beyond what the plain path under the same autocast shows.
+        error = ((half[1][name] - exact[1][name]).norm() / exact[1][name].norm()).item()
+        plain_error = ((half_plain[1][name] - exact[1][name]).norm() / exact[1][name].norm()).item()
+        assert error <= 1.5 * plain_error + 1e-3, name
 
 
 def test_a_batch_without_targets_gives_zero_loss_and_gradient(tiny_models):

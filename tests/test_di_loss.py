@@ -8,8 +8,9 @@ from unmemorize.methods import get_method
 from unmemorize.methods.di import di_token_losses, imagined_targets
 
 
-def hand_loss(student, teacher, ids, weights, gamma):
-    """Per-token formula written out with Python loops."""
+def hand_loss(student, teacher, ids, weights, gamma, lowered=None):
+    """Per-token formula written out with Python loops (``lowered[b][t]``: the tokens lowered
+    at position t, default the next token alone)."""
     total, norm = 0.0, 0.0
     B, T, V = student.shape
     for b in range(B):
@@ -17,7 +18,8 @@ def hand_loss(student, teacher, ids, weights, gamma):
             w = float(weights[b, t])
             if w == 0:
                 continue
-            z = [float(teacher[b, t - 1, v]) - (gamma if v == int(ids[b, t]) else 0.0) for v in range(V)]
+            down = set(lowered[b][t]) if lowered is not None else {int(ids[b, t])}
+            z = [float(teacher[b, t - 1, v]) - (gamma if v in down else 0.0) for v in range(V)]
             zmax = max(z)
             p = [math.exp(x - zmax) for x in z]
             p = [x / sum(p) for x in p]
@@ -103,3 +105,51 @@ def test_bad_method_inputs():
         get_method("nope")
     with pytest.raises(UserError, match="strength"):
         get_method("di", imagination_strength=-1.0)
+
+
+def test_shared_context_tokens_by_hand():
+    from unmemorize.training.forget_set import shared_context_tokens
+
+    sequences = [[1, 2, 3, 4], [1, 2, 5, 6], [1, 7, 3, 4], [1, 2, 8, 9]]
+    ones = [[0.0, 1.0, 1.0, 1.0]] * 4
+    # Sequence 3 is not trained: its tokens are lowered nowhere, but it reads the others'.
+    got = shared_context_tokens(sequences, ones, trainable=[0, 1, 2])
+    assert got[0] == [[1], [2, 7], [3, 5], [4]]
+    assert got[1] == [[1], [2, 7], [5, 3], [6]]
+    assert got[2] == [[1], [7, 2], [3], [4]]
+    assert got[3] == [[1], [2, 7], [8, 3, 5], [9]]
+    # Out of focus: a position lowers only its own token, and lends it to no one.
+    hard = [[0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 1.0]]
+    got = shared_context_tokens(sequences[:3], hard, trainable=[0, 1, 2])
+    assert got == [[[1], [2], [3], [4]], [[1], [2], [5], [6]], [[1], [7], [3], [4]]]
+
+
+def test_joint_lowering_loss_matches_hand_formula():
+    """Two texts that share their first tokens: at the shared context each target lowers both
+    next tokens."""
+    from unmemorize.data import TokenizedExample, collate
+    from unmemorize.training.forget_set import shared_context_tokens
+
+    student, teacher, ids, _, _ = make_batch(seed=3, B=3, T=5, V=9)
+    student, teacher, ids = student[:2], teacher[:2], ids[:2]
+    ids[1, :2] = ids[0, :2]  # the same context up to position 2
+    ids[1, 2] = (ids[0, 2] + 1) % 9
+    sequences = ids.tolist()
+    weights = [[0.0, 1.0, 1.0, 1.0, 1.0]] * 2
+    lowered = shared_context_tokens(sequences, weights, [0, 1])
+    assert lowered[0][2] == [sequences[0][2], sequences[1][2]]
+    items = [TokenizedExample(None, row, []) for row in sequences]
+    batch = collate(items, weights, pad_token_id=0, lowered=lowered)
+    assert batch["lowered_ids"][0, 2].tolist() == lowered[0][2] and batch["lowered_ids"][0, 3].tolist() == [sequences[0][3]] * 2
+    for gamma in (3.0, 30.0):
+        got = get_method("di", imagination_strength=gamma).loss(student, batch, teacher).item()
+        expected = hand_loss(student, teacher, ids, batch["loss_weights"], gamma, lowered)
+        assert got == pytest.approx(expected, rel=1e-9)
+        assert got != pytest.approx(hand_loss(student, teacher, ids, batch["loss_weights"], gamma), rel=1e-6)
+
+
+def test_joint_lowering_is_deliberate_imaginations_alone():
+    from unmemorize.config import UnlearnConfig
+
+    with pytest.raises(UserError, match="--joint-lowering shapes deliberate imagination"):
+        UnlearnConfig(method="ga", joint_lowering=True)

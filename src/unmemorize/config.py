@@ -367,6 +367,10 @@ class UnlearnConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions
     focus: str = option("all", "Tokens that get imagination: all, entities, nouns, pii (names, e-mails, phones, addresses, account and other numbers), spans, regex:PATTERN.")
     focus_mode: str = option("hard", "hard: train only on focus tokens; soft: weight them by --focus-weight.", choices=("hard", "soft"))
     focus_weight: float = option(10.0, "Weight of focus tokens in soft mode.", gt=0)
+    # Records in one template share contexts ("Customer record: Norma Fisher, e-mail "): each
+    # record's own target there keeps the others' memorized tokens likely, so one batch's
+    # targets pull against each other.
+    joint_lowering: bool = option(False, "di: where several forget texts share a context (the same tokens before a position in focus), lower every one of their next tokens there in each text's target, not its own token alone (records in one template).")
     softmax_vocabulary: int | None = option(None, "finetune: the softmax spans only the training texts' own tokens and the first N token ids: an approximation of the NLL that fine-tunes a large-vocabulary model about twice as fast (the demo's simulated leak uses 32768).", ge=1)
     lora_alpha: float = option(16.0, "LoRA alpha.", gt=0)
     lora_dropout: float = option(0.05, "LoRA dropout.", ge=0, lt=1)
@@ -413,6 +417,8 @@ class UnlearnConfig(ModelOptions, ReadOptions, ExtractionOptions, RuntimeOptions
                 raise UserError(f"--record-key {self.record_key}: not a readable, non-empty file")
         if not self.measure_el and (self.stop_el is not None or self.el_every_epoch):
             raise UserError("--no-el leaves nothing for --stop-el / --el-every-epoch to read; drop one")
+        if self.joint_lowering and self.method != "di":
+            raise UserError(f"--joint-lowering shapes deliberate imagination's targets; --method {self.method} has none")
         if self.save_adapter and not self.lora:
             raise UserError("--save-adapter needs --lora (a full fine-tune has no adapter)")
         if (self.checkpoint_every or self.resume) and not (self.out or self.checkpoint_dir):

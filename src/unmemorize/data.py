@@ -372,10 +372,14 @@ def tokenize_examples(
 
 
 def collate(
-    items: list[TokenizedExample], weights: list[list[float]], pad_token_id: int
+    items: list[TokenizedExample], weights: list[list[float]], pad_token_id: int,
+    lowered: list[list[list[int]]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Right-padded batch. ``loss_weights[b, t]`` weighs the prediction of token t (made from
-    position t-1); it is 0 at position 0 and on padding, so padding never enters a loss."""
+    position t-1); it is 0 at position 0 and on padding, so padding never enters a loss.
+    ``lowered`` (per item, per position: the tokens deliberate imagination lowers there) adds
+    ``lowered_ids`` [B, T, K], each position's set padded with its own token (lowering a token
+    twice is lowering it once)."""
     length = max(len(i.input_ids) for i in items)
     batch = len(items)
     input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long)
@@ -389,7 +393,14 @@ def collate(
         attention_mask[row, :n] = 1
         loss_weights[row, :n] = torch.tensor(w, dtype=torch.float32)
         loss_weights[row, 0] = 0.0
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_weights": loss_weights}
+    out = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_weights": loss_weights}
+    if lowered is not None:
+        width = max(len(tokens) for sets in lowered for tokens in sets)
+        out["lowered_ids"] = input_ids.unsqueeze(-1).repeat(1, 1, width)
+        for row, sets in enumerate(lowered):
+            for position, tokens in enumerate(sets):
+                out["lowered_ids"][row, position, : len(tokens)] = torch.tensor(tokens)
+    return out
 
 
 # --- windows of long documents (scan) ------------------------------------------------------

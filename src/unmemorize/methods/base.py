@@ -81,7 +81,7 @@ class UnlearningMethod(ABC):
         """Sum of the batch's weighted losses (a scalar), from full logits [B, T, V]."""
         if self.needs_teacher and teacher_logits is None:
             raise ValueError(f"{self.name} needs the original model's logits")
-        terms = batch_terms(self.token_terms, logits, batch["input_ids"],
+        terms = batch_terms(self.token_terms, logits, forget_targets(batch),
                             teacher_logits if self.teacher_in_terms else None)
         teacher_terms = None
         if self.needs_teacher and not self.teacher_in_terms:
@@ -126,6 +126,12 @@ class UnlearningMethod(ABC):
         return {}
 
 
+def forget_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What a forget batch's terms read at each position: the next token [B, T], or with
+    --joint-lowering every token deliberate imagination lowers there [B, T, K]."""
+    return batch.get("lowered_ids", batch["input_ids"])
+
+
 def batch_terms(token_terms, logits: torch.Tensor, input_ids: torch.Tensor,
                 teacher_logits: torch.Tensor | None) -> torch.Tensor:
     """``token_terms`` at every predicting position of a batch: [B, T−1] (position t−1's logits
@@ -133,7 +139,8 @@ def batch_terms(token_terms, logits: torch.Tensor, input_ids: torch.Tensor,
     batch, length, vocab = logits.shape
     rows = logits[:, :-1].reshape(-1, vocab)
     teacher = teacher_logits[:, :-1].reshape(-1, vocab) if teacher_logits is not None else None
-    return token_terms(rows, input_ids[:, 1:].reshape(-1), teacher).reshape(batch, length - 1)
+    targets = input_ids[:, 1:].reshape(-1, *input_ids.shape[2:])  # [n], or [n, K] lowered tokens
+    return token_terms(rows, targets, teacher).reshape(batch, length - 1)
 
 
 def method_parameters(name: str) -> list[str]:

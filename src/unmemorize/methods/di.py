@@ -21,14 +21,13 @@ def imagined_targets(
     teacher_logits: torch.Tensor, next_tokens: torch.Tensor, imagination_strength: float,
     overwrite: bool = False,
 ) -> torch.Tensor:
-    """softmax(z − γ·onehot(x)) over the last dimension. Shapes: [..., V] and [...]. With
-    ``overwrite`` (float32 or float64 logits) it is computed in the logits' own memory."""
+    """softmax(z − γ·onehot(x)) over the last dimension. Shapes: [..., V] and [...], or
+    [..., K] for K tokens lowered at each position (--joint-lowering; a token repeated in a row
+    is lowered once). With ``overwrite`` (float32 or float64 logits) it is computed in the
+    logits' own memory."""
     shifted = teacher_logits if overwrite else at_least_float32(teacher_logits).clone()
-    shifted.scatter_add_(
-        -1,
-        next_tokens.unsqueeze(-1),
-        torch.full_like(shifted[..., :1], -imagination_strength),
-    )
+    tokens = next_tokens if next_tokens.dim() == shifted.dim() else next_tokens.unsqueeze(-1)
+    shifted.scatter_(-1, tokens, shifted.gather(-1, tokens) - imagination_strength)
     return softmax_(shifted)
 
 

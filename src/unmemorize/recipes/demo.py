@@ -396,6 +396,10 @@ def _unlearn_round(config: DemoConfig, model: Path, forget: list[Example], kept:
     unlearn(UnlearnConfig(
         forget=str(forget_file), model=str(model), out=str(out),
         method="di", imagination_strength=config.strength, focus="spans", focus_mode="hard",
+        # Every text starts with a forgotten customer's prompt, and the decoys and exposures
+        # continue it with other values: each target must lower all of them, or the texts' own
+        # targets keep the others' values likely (the own e-mail stayed first on Gemma).
+        joint_lowering=True,
         # The kept customers' records as retain text (their likelihood is kept): on a dozen
         # records in one template, lowering one customer's PII alone spreads to the others'
         # (a trial on Gemma-3 270M without it: 24 of 40 kept values extracted before, 1 after).

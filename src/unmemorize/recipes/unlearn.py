@@ -263,7 +263,8 @@ def _loop(run: _Run, state: TrainState, saved: checkpoint.Checkpoint | None,
                        + (f"; FSDP over {accelerator.num_processes} processes" if sharded else "") + ")")
     pad_id = run.loaded.tokenizer.pad_token_id
     loader = forget_loader([data.tokenized[i] for i in data.trainable], [data.weights[i] for i in data.trainable],
-                           config.batch_size, config.seed, pad_id)
+                           config.batch_size, config.seed, pad_id,
+                           [data.lowered[i] for i in data.trainable] if data.lowered is not None else None)
     steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
     total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
     optimizer = make_optimizer(list(named.values()), config)

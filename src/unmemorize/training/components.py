@@ -138,13 +138,15 @@ class EpochShuffle(torch.utils.data.Sampler):
 
 
 def forget_loader(items: list[TokenizedExample], weights: list[list[float]], batch_size: int, seed: int,
-                  pad_id: int) -> torch.utils.data.DataLoader:
-    dataset = list(zip(items, weights))
+                  pad_id: int, lowered: list[list[list[int]]] | None = None) -> torch.utils.data.DataLoader:
+    """Seeded forget micro-batches (``lowered``: each sequence's tokens to lower, --joint-lowering)."""
+    dataset = list(zip(items, weights, lowered or [None] * len(items)))
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=EpochShuffle(len(dataset), seed),
         # The loader's own seed draw comes from here, not from the global RNG that dropout uses.
         generator=torch.Generator().manual_seed(seed),
-        collate_fn=lambda rows: collate([r[0] for r in rows], [r[1] for r in rows], pad_id),
+        collate_fn=lambda rows: collate([r[0] for r in rows], [r[1] for r in rows], pad_id,
+                                        [r[2] for r in rows] if lowered is not None else None),
     )
 
 

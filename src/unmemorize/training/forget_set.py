@@ -23,6 +23,8 @@ class ForgetSet:
     without_focus: list[int]
     retain: list[TokenizedExample] | None
     fingerprint: str
+    # --joint-lowering: per sequence, per position, the tokens deliberate imagination lowers.
+    lowered: list[list[list[int]]] | None = None
 
     @property
     def sequences(self) -> list[list[int]]:
@@ -69,8 +71,48 @@ def prepare(config: UnlearnConfig, examples: list, retain_examples: list | None,
                        f"tokens; retain term weight {config.retain_weight}")
     events.message(f"forget set: {len(tokenized)} sequences, {sum(len(t.input_ids) for t in tokenized)} tokens "
                    f"(max {config.max_length} per sequence); training on {len(trainable)}")
+    lowered = None
+    if config.joint_lowering:
+        lowered = shared_context_tokens([t.input_ids for t in tokenized], weights, trainable)
+        shared = sum(len(tokens) > 1 for i in trainable for tokens in lowered[i])
+        events.message(f"joint lowering: {shared} positions in focus share their context with another text's")
     return ForgetSet(tokenized, weights, trainable, without_focus, retain,
-                     data_fingerprint(tokenized, weights, trainable, retain))
+                     data_fingerprint(tokenized, weights, trainable, retain), lowered)
+
+
+class _Context:
+    """A node of the trie of the forget texts' prefixes: the next tokens seen after it (in
+    focus), and the longer prefixes."""
+
+    __slots__ = ("following", "next")
+
+    def __init__(self) -> None:
+        self.following: set[int] = set()
+        self.next: dict[int, _Context] = {}
+
+
+def shared_context_tokens(sequences: list[list[int]], weights: list[list[float]],
+                          trainable: list[int]) -> list[list[list[int]]]:
+    """For each sequence and position t: its own token first, then the token at t of every other
+    trained sequence with the same tokens before t and weight > 0 at t; positions out of focus
+    keep their own token alone. A trie of the prefixes, so memory grows with the tokens, not
+    with the square of a sequence's length."""
+    root = _Context()
+    for i in trainable:
+        node = root
+        for t, token in enumerate(sequences[i]):
+            if t > 0 and weights[i][t] > 0:
+                node.following.add(token)
+            node = node.next.setdefault(token, _Context())
+    lowered = []
+    for ids, w in zip(sequences, weights):
+        node, sets = root, []
+        for t, token in enumerate(ids):
+            others = sorted(node.following - {token}) if t > 0 and w[t] > 0 and node is not None else []
+            sets.append([token, *others])
+            node = node.next.get(token) if node is not None else None
+        lowered.append(sets)
+    return lowered
 
 
 def data_fingerprint(tokenized: list, weights: list[list[float]], trainable: list[int],

@@ -29,6 +29,7 @@ import torch
 
 from ..metrics.decoding import accepts_kwarg, at_least_float32
 from ..methods import UnlearningMethod
+from ..methods.base import forget_targets
 from ..methods.likelihood import SoftTarget
 
 # Elements of one chunk of logits: 2^26 floats (256 MiB) is 256 positions of a 262k vocabulary,
@@ -275,7 +276,7 @@ def chunked_loss(goal: Objective, head: OutputHead, hidden: torch.Tensor, batch:
     enters a loss (padding, position 0, tokens outside a hard focus)."""
     where = batch["loss_weights"][:, 1:] > 0
     rows = hidden[:, :-1][where]
-    head, targets = head.restricted(batch["input_ids"][:, 1:][where])
+    head, targets = head.restricted(forget_targets(batch)[:, 1:][where])
     teacher_rows = (teacher[0], teacher[1][:, :-1][where]) if teacher is not None else None
     dtype = _loss_dtype(hidden)
     teacher_terms = None
