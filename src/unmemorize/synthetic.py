@@ -74,16 +74,20 @@ def _assemble(ident: str, parts: list[tuple[str | None, str]]) -> CustomerRecord
     return CustomerRecord(id=ident, name=name, text=text, pii=pii)
 
 
-def customer_records(count: int, seed: int = 0, locale: str = "en_US") -> list[CustomerRecord]:
-    """``count`` synthetic customer records, the same for the same (count, seed, locale, Faker
-    version). Names are distinct, so a name identifies one record."""
+def _faker(locale: str):
     try:
         from faker import Faker
     except ImportError:
         raise UserError("the demo corpus needs Faker: pip install faker") from None
+    return Faker(locale)
+
+
+def customer_records(count: int, seed: int = 0, locale: str = "en_US") -> list[CustomerRecord]:
+    """``count`` synthetic customer records, the same for the same (count, seed, locale, Faker
+    version). Names are distinct, so a name identifies one record."""
     if count < 1:
         raise UserError(f"--records must be at least 1, not {count}")
-    fake = Faker(locale)
+    fake = _faker(locale)
     fake.seed_instance(seed)
     records, names = [], set()
     while len(records) < count:
@@ -102,6 +106,22 @@ def customer_records(count: int, seed: int = 0, locale: str = "en_US") -> list[C
             (None, ". Note: " + note),
         ]))
     return records
+
+
+def faker_vocabulary(locale: str = "en_US") -> tuple[str, ...]:
+    """The words Faker's ``locale`` builds the records' addresses and e-mail domains from, which
+    an attacker guesses without any model: street suffixes ("Curve"), city prefixes ("North"),
+    city suffixes as word endings ("-port" of "Bellport"), state abbreviations and names, and the
+    e-mail domains ("example.org"). Not first or last names: street and city names are made of
+    them too, but a name is what a model memorizes ("vanessa" of vanessa89@example.org for Norma
+    Fisher), so it stays identifying. Lists a locale lacks are left out."""
+    fake = _faker(locale)
+    address, internet = fake.provider("faker.providers.address"), fake.provider("faker.providers.internet")
+    whole = [word for name in ("street_suffixes", "city_prefixes", "states", "states_abbr", "territories_abbr",
+                               "freely_associated_states_abbr") for word in getattr(address, name, ())]
+    endings = ["-" + suffix for suffix in getattr(address, "city_suffixes", ())]
+    domains = list(getattr(internet, "safe_domain_names", ()))
+    return tuple(dict.fromkeys(whole + endings + domains))
 
 
 def corpus_fingerprint(records: list[CustomerRecord]) -> str:

@@ -209,7 +209,7 @@ def demo_summary(result: dict) -> Table:
     low, high = s["intervals"]["pii_leaked_after"]
     table.add_row("forgotten customers: own PII values extracted",
                   f"{s['pii_leaked_before']}/{s['pii_total']}", f"{s['pii_leaked_after']}/{s['pii_total']} [{low:.2f}, {high:.2f}]")
-    table.add_row(f"forgotten customers' completions: anyone's PII, whole or ≥ {result['min_fragment']} characters",
+    table.add_row(f"forgotten customers' completions: anyone's PII, whole or ≥ {result['min_fragment']} letters/digits",
                   str(s["pii_exposed_before"]), str(s["pii_exposed_after"]))
     table.add_row("kept customers: PII values extracted",
                   f"{s['kept_pii_leaked_before']}/{s['kept_pii_total']}", f"{s['kept_pii_leaked_after']}/{s['kept_pii_total']}")
