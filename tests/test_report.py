@@ -498,6 +498,7 @@ def test_demo_section_shows_the_synthetic_text_with_leaks_highlighted(tmp_path):
                     "forget_ma_before": 0.9, "forget_ma_after": 0.3, "kept_ma_before": 0.8, "kept_ma_after": 0.75,
                     "general_ppl_before": 21.5, "general_ppl_after": 23.25},
         "timings_s": {"train leaky model": 12.5, "unlearn": 30.0}, "passed": False, "synthetic": True,
+        "unlearning_rounds": [{"round": 1, "texts": 24, "pii_exposed": 6}, {"round": 2, "texts": 26, "pii_exposed": 2}],
     }
     (tmp_path / "demo.json").write_text(json.dumps(demo))
     md_path, html_path = write_report(tmp_path, show_text=True)
@@ -514,6 +515,8 @@ def test_demo_section_shows_the_synthetic_text_with_leaks_highlighted(tmp_path):
     assert "| kept customers: PII values extracted | 3 of 4 | 3 of 4 |" in markdown
     assert "| general-text perplexity | 21.500 | 23.250 |" in markdown
     assert "train leaky model 12.5 s" in page
+    rounds = "round 1 on 24 texts left 6 PII value(s) exposed; round 2 on 26 texts left 2 PII value(s) exposed."
+    assert rounds in page and rounds in markdown
     assert_self_contained(page)
 
 

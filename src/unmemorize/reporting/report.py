@@ -410,7 +410,7 @@ def _demo_context(demo: dict, figures: _Figures) -> dict:
         "forgotten": demo.get("forgotten_customers") or [], "kept": demo.get("kept_customers") or [],
         "summary": rows, "timings": list((demo.get("timings_s") or {}).items()),
         "leak_before": leaks(demo.get("leak_before")), "leak_after": leaks(demo.get("leak_after")),
-        "figure": figure, "scan": demo.get("scan"),
+        "figure": figure, "scan": demo.get("scan"), "rounds": demo.get("unlearning_rounds") or [],
     }
 
 
